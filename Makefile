@@ -1,0 +1,58 @@
+# Patron developer entry points. `make demo` and `make test` are the two commands a user needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help venv tools testbed-up testbed-down lint typecheck crd unit test test-fast demo clean
+
+help:
+	@echo "make demo       - the whole story on a local test bed (see README.md)"
+	@echo "make test       - lint, type check and every test (unit, Prometheus, e2e)"
+	@echo "make test-fast  - unit tests and fast e2e tests (-m 'not slow')"
+	@echo "make tools      - build the pinned test-bed binaries (kube-apiserver, kwok, helm, etcd)"
+	@echo "make testbed-up / testbed-down"
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+tools:
+	hack/tools.sh build
+
+testbed-up: venv tools
+	hack/testbed.sh up
+
+testbed-down:
+	hack/testbed.sh down
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests hack
+	$(VENV)/bin/ruff format --check operator tests hack
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+crd: venv
+	$(PY) -m patron.api.crd --write
+
+unit: venv
+	$(VENV)/bin/pytest -m "unit" $(PYTEST_ARGS)
+
+test: venv tools lint typecheck
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: venv tools
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: venv tools
+	hack/demo.sh $(DEMO_ARGS)
+
+clean:
+	hack/testbed.sh down || true
+	rm -rf $(VENV) .testbed .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,180 @@
+"""The `patron` command: run the operator, or evaluate/report/replay from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from patron.config import OperatorConfig, split_list
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _parse_time(text: str) -> datetime:
+    """RFC 3339 (`2026-11-26T10:04:30Z`) or a Unix timestamp."""
+    try:
+        return datetime.fromtimestamp(float(text), tz=UTC)
+    except ValueError:
+        pass
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _load_manifest(path: str) -> dict[str, Any]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    slos = [d for d in docs if isinstance(d, dict) and d.get("kind") == "CustomerSLO"]
+    if len(slos) != 1:
+        raise SystemExit(f"error: {path} must hold exactly one CustomerSLO (found {len(slos)})")
+    return slos[0]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import kopf
+    from prometheus_client import start_http_server
+
+    import patron.handlers  # noqa: F401  (registers the handlers)
+
+    if not args.prometheus_url:
+        raise SystemExit("error: --prometheus-url (or PATRON_PROMETHEUS_URL) is required")
+    config = OperatorConfig(
+        prometheus_url=args.prometheus_url,
+        alertmanager_urls=split_list(args.alertmanager_url),
+        namespaces=split_list(args.namespace),
+        dry_run=args.dry_run,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
+        liveness_endpoint=args.liveness,
+        peering=args.peering or None,
+    )
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":%(message)r}'
+        if args.log_format == "json"
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr=config.metrics_address)
+    asyncio.run(
+        kopf.operator(
+            standalone=config.peering is None,
+            peering_name=config.peering,
+            clusterwide=not config.namespaces,
+            namespaces=list(config.namespaces),
+            liveness_endpoint=config.liveness_endpoint,
+            memo=kopf.Memo(config=config),
+        )
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from patron.impact.assess import DataProblem
+    from patron.impact.evaluate import evaluate
+    from patron.impact.prometheus import Prometheus
+    from patron.reconcile import evaluated, parse_spec
+
+    manifest = _load_manifest(args.file)
+    at = _parse_time(args.at) if args.at else datetime.now(UTC)
+    try:
+        spec = parse_spec(manifest.get("spec") or {})
+        assessment = evaluate(spec, Prometheus(args.prometheus), at)
+    except DataProblem as problem:
+        print(f"error: {problem.reason}: {problem.message}", file=sys.stderr)
+        return 2
+    generation = (manifest.get("metadata") or {}).get("generation")
+    status = evaluated(spec, {}, assessment, generation, at).status
+    for key in ("conditions", "actions", "observedGeneration"):
+        status.pop(key, None)
+    if args.output == "json":
+        print(json.dumps(status, ensure_ascii=False))
+    else:
+        _print_table(status)
+    return 0
+
+
+def _print_table(status: dict[str, Any]) -> None:
+    print(
+        f"severity={status['severity']} active={status['activeCustomers']} impacted={status['impactedCustomers']} "
+        f"fraction={status['impactedFraction']:.2%} weighted={status['weightedImpact']:.2%} "
+        f"lost={status['lostCustomers']} storming={status['stormingCustomers']} at={status['lastEvaluationTime']}"
+    )
+    rows = [("CUSTOMER", "TIER", "ERROR RATIO", "BURN RATE", "BUDGET LEFT", "REQ/S", "LOST", "STORMING")]
+    for i in status["impacted"]:
+        rows.append(
+            (
+                i["customer"],
+                i["tier"],
+                f"{i['errorRatio']:.2%}",
+                f"{i['burnRate']:.1f}",
+                f"{i['budgetRemaining']:.1%}",
+                f"{i['requestRate']:.3g}",
+                "yes" if i["lost"] else "",
+                "yes" if i["storming"] else "",
+            )
+        )
+    widths = [max(len(r[n]) for r in rows) for n in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="patron", description="Customer-impact SLOs for Kubernetes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator")
+    run.add_argument("--prometheus-url", default=os.environ.get("PATRON_PROMETHEUS_URL"))
+    run.add_argument(
+        "--alertmanager-url",
+        action="append",
+        default=[os.environ["PATRON_ALERTMANAGER_URL"]] if os.environ.get("PATRON_ALERTMANAGER_URL") else None,
+        help="repeatable or comma separated",
+    )
+    run.add_argument(
+        "--namespace",
+        action="append",
+        default=[os.environ["PATRON_NAMESPACES"]] if os.environ.get("PATRON_NAMESPACES") else None,
+        help="namespaces to watch (repeatable or comma separated); default: all",
+    )
+    run.add_argument("--dry-run", action="store_true", default=_env_flag("PATRON_DRY_RUN"))
+    run.add_argument("--metrics-port", type=int, default=int(os.environ.get("PATRON_METRICS_PORT", "9464")))
+    run.add_argument("--metrics-address", default=os.environ.get("PATRON_METRICS_ADDRESS", "127.0.0.1"))
+    run.add_argument(
+        "--liveness",
+        default=os.environ.get("PATRON_LIVENESS"),
+        help="Kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
+    run.add_argument("--peering", default=os.environ.get("PATRON_PEERING"), help="Kopf peering name (HA)")
+    run.add_argument("--log-format", choices=("plain", "json"), default=os.environ.get("PATRON_LOG_FORMAT", "plain"))
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("evaluate", help="evaluate one CustomerSLO manifest against Prometheus, once")
+    ev.add_argument("-f", "--file", required=True, help="manifest path, or - for stdin")
+    ev.add_argument("--prometheus", required=True, help="Prometheus base URL")
+    ev.add_argument("--at", help="evaluation time, RFC 3339 (default: now)")
+    ev.add_argument("-o", "--output", choices=("json", "table"), default="table")
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

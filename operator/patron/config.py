@@ -1,0 +1,26 @@
+"""Operator configuration: flags of `patron run`, each also an environment variable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    prometheus_url: str
+    alertmanager_urls: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    dry_run: bool = False  # operator-wide dry run, on top of each CustomerSLO's spec.dryRun
+    metrics_port: int = 9464
+    metrics_address: str = "127.0.0.1"
+    prometheus_timeout: float = 10.0
+    liveness_endpoint: str | None = None
+    peering: str | None = None  # None: standalone (one replica); a name: Kopf peering for HA
+
+
+def split_list(values: list[str] | None) -> tuple[str, ...]:
+    """Repeatable and/or comma-separated flag values, blanks dropped."""
+    out: list[str] = []
+    for value in values or []:
+        out.extend(v.strip() for v in value.split(",") if v.strip())
+    return tuple(out)

@@ -1,0 +1,116 @@
+"""Kopf handlers: thin. Every trigger runs the same idempotent `reconcile`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kopf
+
+from patron import metrics
+from patron.api.durations import parse_duration
+from patron.api.models import API_GROUP, API_VERSION, PLURAL
+from patron.config import OperatorConfig
+from patron.impact.assess import DataProblem
+from patron.impact.evaluate import evaluate_async
+from patron.impact.prometheus import Prometheus
+from patron.kube import Kube, api_client
+from patron.reconcile import Outcome, evaluated, failed, material, parse_spec
+from patron.status import merge_patch, parse_timestamp
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+RESOURCE = (API_GROUP, API_VERSION, PLURAL)
+# A status whose only change is lastEvaluationTime is still written this often, as a heartbeat.
+HEARTBEAT_SECONDS = 60.0
+# How often each CustomerSLO checks whether its spec.interval has passed (the finest interval).
+TICK_SECONDS = 2.0
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """All Kopf settings in one place."""
+    # Patron's own prefix for everything Kopf stores on objects, so it never collides with another
+    # Kopf operator's annotations and `kubectl get -o yaml` shows whose they are.
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    # Only Patron's own Events (ImpactStarted, ActionApplied, ...) and Kopf's warnings reach the
+    # objects; Kopf's "Handler succeeded" INFO events would bury them.
+    settings.posting.level = logging.WARNING
+    # Bounded API calls: a hung connection must not stall a CustomerSLO's evaluations.
+    settings.networking.request_timeout = 30
+    settings.watching.server_timeout = 300
+    config: OperatorConfig = memo.config
+    memo.prometheus = Prometheus(config.prometheus_url, timeout=config.prometheus_timeout)
+    memo.kube = Kube(api_client())
+
+
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+@kopf.on.resume(*RESOURCE)
+async def on_change(name: str, namespace: str | None, memo: Any, logger: Logger, **_: Any) -> None:
+    await reconcile(namespace or "", name, memo, logger)
+
+
+@kopf.timer(*RESOURCE, interval=TICK_SECONDS)
+async def on_tick(name: str, namespace: str | None, spec: kopf.Spec, memo: Any, logger: Logger, **_: Any) -> None:
+    """Kopf timers have one fixed interval; this one re-evaluates when spec.interval has passed."""
+    last = memo.get("last_evaluation", 0.0)
+    try:
+        interval = parse_duration(str(spec.get("interval", "30s")))
+    except ValueError:
+        interval = 30
+    if time.monotonic() - last >= interval:
+        await reconcile(namespace or "", name, memo, logger)
+
+
+def _lock(memo: Any) -> asyncio.Lock:
+    if "lock" not in memo:
+        memo.lock = asyncio.Lock()
+    lock: asyncio.Lock = memo.lock
+    return lock
+
+
+async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> None:
+    """Read the object afresh, evaluate, write status if it changed, post Events. Idempotent."""
+    async with _lock(memo):
+        memo.last_evaluation = time.monotonic()
+        kube: Kube = memo.kube
+        obj = await kube.get_slo(namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return
+        previous: dict[str, Any] = dict(obj.get("status") or {})
+        generation = obj["metadata"].get("generation")
+        now = datetime.now(UTC)
+        started = time.monotonic()
+        outcome: Outcome
+        try:
+            spec = parse_spec(obj.get("spec") or {})
+            assessment = await evaluate_async(spec, memo.prometheus)
+            outcome = evaluated(spec, previous, assessment, generation, now)
+            metrics.IMPACTED.labels(namespace, name).set(len(assessment.impacted))
+            metrics.EVALUATIONS.labels(outcome="Evaluated").inc()
+        except DataProblem as problem:
+            logger.warning("evaluation failed: %s: %s", problem.reason, problem.message)
+            outcome = failed(previous, problem, generation, now)
+            metrics.EVALUATIONS.labels(outcome=problem.reason).inc()
+        finally:
+            metrics.EVALUATION_SECONDS.observe(time.monotonic() - started)
+        patch = merge_patch(previous, outcome.status)
+        if patch and _worth_writing(previous, outcome.status, now):
+            await kube.patch_slo_status(namespace, name, patch)
+        for event in outcome.events:
+            kopf.event(cast(kopf.Body, obj), type=event.type, reason=event.reason, message=event.message[:1024])
+
+
+def _worth_writing(previous: dict[str, Any], status: dict[str, Any], now: datetime) -> bool:
+    """Write when something material changed, or as a heartbeat of lastEvaluationTime."""
+    if material(previous) != material(status):
+        return True
+    last = previous.get("lastEvaluationTime")
+    return last is None or (now - parse_timestamp(last)).total_seconds() >= HEARTBEAT_SECONDS

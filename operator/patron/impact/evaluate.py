@@ -1,0 +1,21 @@
+"""One evaluation: plan the queries, run them at `at`, assess. The operator, `patron evaluate` and
+`patron replay` all go through here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from patron.api.models import CustomerSLOSpec
+from patron.impact.assess import Assessment, assess
+from patron.impact.prometheus import Prometheus
+from patron.impact.queries import plan_queries
+
+
+def evaluate(spec: CustomerSLOSpec, prometheus: Prometheus, at: datetime | None = None) -> Assessment:
+    plan = plan_queries(spec)
+    return assess(spec, plan, prometheus.run(plan, at))
+
+
+async def evaluate_async(spec: CustomerSLOSpec, prometheus: Prometheus, at: datetime | None = None) -> Assessment:
+    plan = plan_queries(spec)
+    return assess(spec, plan, await prometheus.run_async(plan, at))

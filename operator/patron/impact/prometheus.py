@@ -1,0 +1,76 @@
+"""The Prometheus adapter: runs a QueryPlan through prometheus-api-client, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from requests import RequestException
+
+from patron import metrics
+from patron.impact.assess import DataProblem, Series
+from patron.impact.queries import QueryPlan
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class Prometheus:
+    """A Prometheus HTTP API endpoint. Errors become DataProblem('PrometheusUnavailable' | 'QueryFailed')."""
+
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._client = PrometheusConnect(url=self.url, disable_ssl=False, timeout=timeout)
+
+    def query(self, promql: str, at: datetime | None = None) -> Series:
+        """One instant query; a vector or scalar result as (labels, value) pairs."""
+        params = {"time": f"{at.timestamp():.3f}"} if at else {}
+        started = time.monotonic()
+        try:
+            data = self._client.custom_query(promql, params=params)
+        except RequestException as err:
+            metrics.QUERIES.labels(outcome="unavailable").inc()
+            raise DataProblem("PrometheusUnavailable", f"Prometheus at {self.url} did not answer: {err}") from err
+        except PrometheusApiClientException as err:
+            metrics.QUERIES.labels(outcome="error").inc()
+            raise DataProblem("QueryFailed", f"Prometheus refused {promql!r}: {err}") from err
+        finally:
+            metrics.QUERY_SECONDS.observe(time.monotonic() - started)
+        metrics.QUERIES.labels(outcome="ok").inc()
+        return _parse(data)
+
+    def run(self, plan: QueryPlan, at: datetime | None = None) -> dict[str, Series]:
+        return {name: self.query(promql, at) for name, promql in plan.queries.items()}
+
+    async def run_async(self, plan: QueryPlan, at: datetime | None = None) -> dict[str, Series]:
+        """Run the plan's queries concurrently in worker threads, each bounded by the timeout."""
+        names = list(plan.queries)
+        results = await asyncio.gather(
+            *(self._in_thread(self.query, plan.queries[n], at) for n in names), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return dict(zip(names, results, strict=True))  # type: ignore[arg-type]
+
+    async def _in_thread(
+        self, fn: Callable[[str, datetime | None], Series], promql: str, at: datetime | None
+    ) -> Series:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, promql, at), timeout=self.timeout + 5)
+        except TimeoutError as err:
+            raise DataProblem("PrometheusUnavailable", f"Prometheus at {self.url} timed out") from err
+
+
+def _parse(data: object) -> Series:
+    """custom_query returns the `result` list of a vector, or [ts, value] for a scalar."""
+    if isinstance(data, list) and len(data) == 2 and not isinstance(data[0], dict):
+        return [({}, float(data[1]))]
+    out: list[tuple[dict[str, str], float]] = []
+    for item in data if isinstance(data, list) else []:
+        out.append((dict(item.get("metric", {})), float(item["value"][1])))
+    return out

@@ -1,0 +1,102 @@
+"""The grouped PromQL queries of one evaluation.
+
+The query set depends only on the spec, never on the customers: one `sum by (<customerLabel>)`
+query per series kind and window, so a 10,000-customer SLO costs as many queries as a 10-customer one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from patron.api.durations import format_duration, parse_duration
+from patron.api.models import CustomerSLOSpec
+from patron.impact.selectors import Selector
+
+FRESHNESS = "freshness"
+FAMILIES = "families"
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """Named PromQL queries; names are stable keys the math reads results by."""
+
+    queries: dict[str, str]
+    windows: tuple[int, ...]  # seconds, every window the math needs a rate over
+    required_families: tuple[str, ...]  # metric names whose absence means the spec measures nothing
+    optional_families: tuple[str, ...]  # error counters may legitimately not exist before a first error
+
+
+def total_key(window: int, offset: int = 0) -> str:
+    return f"total[{window}]" + (f" offset {offset}" if offset else "")
+
+
+def bad_key(window: int) -> str:
+    """Errors (ratio indicator) or good requests under the threshold (latency indicator)."""
+    return f"bad[{window}]"
+
+
+def _rate(selector: Selector, label: str, window: int, offset: int = 0) -> str:
+    off = f" offset {format_duration(offset)}" if offset else ""
+    return f"sum by ({label}) (rate({selector.render()}[{format_duration(window)}]{off}))"
+
+
+def le_values(threshold: float) -> list[str]:
+    """The spellings client libraries use for bucket bound `threshold` (Go: "1", Python: "1.0")."""
+    spellings = {repr(float(threshold)), format(threshold, "g")}
+    if float(threshold).is_integer():
+        spellings.add(str(int(threshold)))
+    return sorted(spellings)
+
+
+def series_selectors(spec: CustomerSLOSpec) -> tuple[Selector, Selector, bool]:
+    """(total, bad, bad_is_good): the selectors behind the indicator.
+
+    Ratio: bad = errors. Latency: total = <h>_count and the second selector counts GOOD requests,
+    <h>_bucket{le=threshold}; errors = total - good.
+    """
+    ind = spec.indicator
+    if ind.ratio is not None:
+        return ind.ratio.total_selector, ind.ratio.errors_selector, False
+    assert ind.latency is not None
+    hist = ind.latency.histogram_selector
+    base = hist.metric or ""
+    le_regex = "|".join(v.replace(".", "\\.").replace("+", "\\+") for v in le_values(ind.latency.threshold))
+    good = hist.with_metric(base + "_bucket").with_matcher("le", "=~", le_regex)
+    return hist.with_metric(base + "_count"), good, True
+
+
+def plan_queries(spec: CustomerSLOSpec) -> QueryPlan:
+    """Every query one evaluation runs.
+
+    - total[w], bad[w] for each window w of impact.windows and spec.window;
+    - total[L] offset L (lost customers' earlier traffic), total[L] offset baseline (storms);
+    - freshness: age in seconds of the newest total sample;
+    - families: which of the metric names the selectors use exist at all.
+    """
+    total, bad, bad_is_good = series_selectors(spec)
+    label = spec.customer_label
+    windows = sorted(
+        {parse_duration(w.long) for w in spec.impact.windows}
+        | {parse_duration(w.short) for w in spec.impact.windows}
+        | {parse_duration(spec.window)}
+    )
+    queries: dict[str, str] = {}
+    for w in windows:
+        queries[total_key(w)] = _rate(total, label, w)
+        queries[bad_key(w)] = _rate(bad, label, w)
+    long_ = parse_duration(spec.first_window.long)
+    baseline = parse_duration(spec.impact.retry_storm.baseline)
+    for offset in sorted({long_, baseline}):
+        queries[total_key(long_, offset)] = _rate(total, label, long_, offset)
+    queries[FRESHNESS] = f"time() - max(timestamp({total.render()}))"
+    required = {total.metric} | ({bad.metric} if bad_is_good else set())
+    optional = set() if bad_is_good else {bad.metric} - required
+    families = sorted(f for f in required | optional if f)
+    if families:
+        queries[FAMILIES] = f'group by (__name__) ({{__name__=~"{"|".join(families)}"}})'
+    return QueryPlan(
+        queries=queries,
+        windows=tuple(windows),
+        required_families=tuple(sorted(f for f in required if f)),
+        optional_families=tuple(sorted(f for f in optional if f)),
+    )

@@ -1,0 +1,53 @@
+"""The Kubernetes adapter: the few API calls Patron makes, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from patron.api.models import API_GROUP, API_VERSION, PLURAL
+
+FIELD_MANAGER = "patron.dev"
+
+
+def api_client() -> kubernetes.client.ApiClient:
+    """From KUBECONFIG / ~/.kube/config, else the in-cluster ServiceAccount (as kubectl does)."""
+    try:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient()
+
+
+class Kube:
+    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self.client = client
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+
+    async def get_slo(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = await asyncio.to_thread(
+                self.custom.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, PLURAL, name
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return cast(dict[str, Any], obj)
+
+    async def patch_slo_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """JSON merge patch of the status subresource."""
+        await asyncio.to_thread(
+            self.custom.api_client.call_api,
+            f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
+            "PATCH",
+            header_params={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
+            query_params=[("fieldManager", FIELD_MANAGER)],
+            body={"status": patch},
+            auth_settings=["BearerToken"],
+            response_type="object",
+            _return_http_data_only=True,
+        )

@@ -1,0 +1,101 @@
+"""What one evaluation changes: the next status and the Events to post. Pure; handlers do the I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from patron.api.models import CustomerSLOSpec
+from patron.impact.assess import Assessment, DataProblem
+from patron.status import impact_fields, impact_message, next_incident, set_condition
+
+# Status fields that change every evaluation without meaning anything changed.
+VOLATILE = ("lastEvaluationTime",)
+
+
+@dataclass(frozen=True)
+class Event:
+    reason: str
+    message: str
+    type: str = "Normal"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: dict[str, Any]
+    events: tuple[Event, ...] = ()
+
+
+def parse_spec(spec: Mapping[str, Any]) -> CustomerSLOSpec:
+    """The spec as a model; DataProblem('InvalidSpec') naming each bad field and what is allowed."""
+    try:
+        return CustomerSLOSpec.from_body(dict(spec))
+    except ValidationError as err:
+        parts = []
+        for e in err.errors():
+            where = ".".join(str(p) for p in ("spec", *e["loc"]))
+            parts.append(f"{where}: {e['msg']}")
+        raise DataProblem("InvalidSpec", "; ".join(parts)) from None
+
+
+def failed(previous: Mapping[str, Any], problem: DataProblem, generation: int | None, now: datetime) -> Outcome:
+    """Ready=False with the problem's reason; every measured field and the incident are kept as they were."""
+    status = dict(previous)
+    status["conditions"] = set_condition(
+        previous.get("conditions") or [], "Ready", "False", problem.reason, problem.message, generation, now
+    )
+    status["observedGeneration"] = generation
+    events: tuple[Event, ...] = ()
+    old_ready: Mapping[str, Any] = next((c for c in previous.get("conditions") or [] if c.get("type") == "Ready"), {})
+    if old_ready.get("reason") != problem.reason:
+        events = (Event(problem.reason, problem.message, "Warning"),)
+    return Outcome(status, events)
+
+
+def evaluated(
+    spec: CustomerSLOSpec, previous: Mapping[str, Any], a: Assessment, generation: int | None, now: datetime
+) -> Outcome:
+    """Status after a successful evaluation, with ImpactStarted/ImpactResolved on incident edges."""
+    status = dict(previous)
+    status.update(impact_fields(spec, a, previous, now))
+    status["observedGeneration"] = generation
+    ready_msg = f"evaluated {a.active_count} active customers; newest sample {a.data_age:.0f}s old"
+    if a.notes:
+        ready_msg += "; " + "; ".join(a.notes)
+    conditions = set_condition(
+        previous.get("conditions") or [], "Ready", "True", "Evaluated", ready_msg, generation, now
+    )
+    impacted = a.severity != "none"
+    conditions = set_condition(
+        conditions,
+        "CustomerImpact",
+        "True" if impacted else "False",
+        a.severity.capitalize() if impacted else "NoImpact",
+        impact_message(a),
+        generation,
+        now,
+    )
+    status["conditions"] = conditions
+    before = previous.get("incident")
+    incident = next_incident(spec, before, a, now)
+    events: list[Event] = []
+    was_open = bool(before) and not before.get("ended")  # type: ignore[union-attr]
+    is_open = bool(incident) and not incident.get("ended")  # type: ignore[union-attr]
+    if is_open and not was_open:
+        events.append(Event("ImpactStarted", f"{a.severity}: {impact_message(a)}", "Warning"))
+    if was_open and not is_open:
+        events.append(Event("ImpactResolved", impact_message(a)))
+    if incident is None:
+        status.pop("incident", None)
+    else:
+        status["incident"] = incident
+    return Outcome(status, tuple(events))
+
+
+def material(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status without fields that change on every evaluation."""
+    return {k: v for k, v in status.items() if k not in VOLATILE}
