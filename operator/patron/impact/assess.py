@@ -139,6 +139,18 @@ def _check_complete(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str
     return age, notes
 
 
+def _check_buckets(spec: CustomerSLOSpec, totals: Mapping[str, float], good: Mapping[str, float]) -> None:
+    """Latency: every customer with a _count must have the threshold's bucket, or nothing is known."""
+    missing = [c for c in totals if c not in good]
+    if missing:
+        assert spec.indicator.latency is not None
+        raise DataProblem(
+            "NoData",
+            f"{len(missing)} customers have no bucket le={spec.indicator.latency.threshold:g} in "
+            f"{spec.indicator.latency.histogram}: indicator.latency.threshold must be one of its bucket bounds",
+        )
+
+
 def assess(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]) -> Assessment:
     """Impact per customer and in total (formulas in DESIGN.md "Definitions").
 
@@ -159,6 +171,8 @@ def assess(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]
     budget_win = parse_duration(spec.window)
     baseline = parse_duration(spec.impact.retry_storm.baseline)
     long_rates = totals.get(total_key(l_win), {})
+    if bad_is_good:
+        _check_buckets(spec, long_rates, bads[l_win])
     ignore = [re.compile(p) for p in spec.customers.ignore]
     allowed = spec.error_budget
 

@@ -1,0 +1,37 @@
+"""Markers by folder, and the backfilled scenario Prometheus shared by Prometheus and e2e tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.catalog import SCENARIOS
+from tests.support.promserver import PrometheusServer
+from tests.support.scenarios import openmetrics
+
+_FOLDER_MARKS = {"unit": "unit", "prometheus": "prometheus"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in _FOLDER_MARKS:
+            item.add_marker(getattr(pytest.mark, _FOLDER_MARKS[folder]))
+
+
+@pytest.fixture(scope="session")
+def scenario_end() -> float:
+    """The scenarios' end: now, to the second, so the operator also sees the data as current."""
+    return float(int(time.time()))
+
+
+@pytest.fixture(scope="session")
+def scenario_prometheus(tmp_path_factory: pytest.TempPathFactory, scenario_end: float) -> Iterator[PrometheusServer]:
+    server = PrometheusServer(tmp_path_factory.mktemp("scenario-prometheus"))
+    server.load(openmetrics(SCENARIOS, scenario_end))
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,87 @@
+"""A real Prometheus (Debian package) on a loopback port, serving a backfilled scenario."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout}s")
+        time.sleep(0.2)
+
+
+@dataclass
+class PrometheusServer:
+    """`promtool tsdb create-blocks-from openmetrics`, then a Prometheus on that data dir."""
+
+    workdir: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def load(self, openmetrics_text: str) -> None:
+        data = self.workdir / "data"
+        source = self.workdir / "scenario.om"
+        source.write_text(openmetrics_text)
+        subprocess.run(
+            [PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", str(source), str(data)],
+            check=True,
+            capture_output=True,
+        )
+        source.unlink()
+
+    def start(self) -> None:
+        config = self.workdir / "prometheus.yml"
+        config.write_text("global: {scrape_interval: 15s}\nscrape_configs: []\n")
+        self.port = self.port or free_port()
+        log = (self.workdir / "prometheus.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--storage.tsdb.retention.time=30d",
+                "--query.lookback-delta=5m",
+            ],
+            stdout=log,
+            stderr=log,
+        )
+        wait_http(f"{self.url}/-/ready")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
