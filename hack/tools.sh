@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Builds the pinned test-bed binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl, etcd, kwok, helm) from the wrapper Go modules in hack/tools/*, into a cache outside the
+# repository keyed by those modules and the Go version. See docs/testbed.md.
+#
+#   hack/tools.sh build [NAME...]   build what is missing (all tools by default); reuse the rest
+#   hack/tools.sh path              print the bin directory for the current versions
+#   hack/tools.sh verify            check that every binary runs and reports its pinned version
+#
+# Environment: PATRON_TOOLS_CACHE (default ~/.cache/patron/tools), GO (default: go on PATH, else
+# /usr/local/go/bin/go). GOCACHE/GOMODCACHE are Go's own and are honoured as usual.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MODULES=$ROOT/hack/tools
+CACHE_ROOT=${PATRON_TOOLS_CACHE:-$HOME/.cache/patron/tools}
+# Bump when the build recipe below changes in a way the go.mod/go.sum files do not show.
+RECIPE=1
+TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
+KWOK_STAGES=(
+  node/fast/node-initialize.yaml
+  node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
+  pod/fast/pod-ready.yaml
+  pod/fast/pod-complete.yaml
+  pod/fast/pod-delete.yaml
+)
+
+log() { echo "tools: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+# Seconds since a `date +%s%N` timestamp, with one decimal.
+elapsed() { local ms=$((($(date +%s%N) - $1) / 1000000)); printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100)); }
+
+find_go() {
+  if [ -n "${GO:-}" ]; then echo "$GO"
+  elif command -v go >/dev/null; then command -v go
+  elif [ -x /usr/local/go/bin/go ]; then echo /usr/local/go/bin/go
+  else die "no Go toolchain (set GO=/path/to/go)"
+  fi
+}
+GO=$(find_go)
+
+# The cache key: every wrapper go.mod/go.sum, the Go version and the recipe revision.
+cache_key() {
+  local f
+  {
+    for f in "$MODULES"/*/go.mod "$MODULES"/*/go.sum; do
+      echo "== ${f#"$ROOT"/}"
+      cat "$f"
+    done
+    "$GO" version
+    echo "recipe $RECIPE"
+  } | sha256sum | cut -c1-16
+}
+TOOL_DIR=$CACHE_ROOT/$(cache_key)
+BIN=$TOOL_DIR/bin
+
+# Version of a module as required by one wrapper module, read with the go command itself.
+module_version() { (cd "$MODULES/$1" && "$GO" list -m -f '{{.Version}}' "$2"); }
+
+# The module directory, package and -ldflags of each tool.
+tool_recipe() {
+  local name=$1 v
+  case $name in
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl)
+      v=$(module_version kubernetes k8s.io/kubernetes)
+      local minor=${v#v1.}
+      minor=${minor%%.*}
+      local ld="-s -w" p
+      for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ld+=" -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+      done
+      echo kubernetes "k8s.io/kubernetes/cmd/$name" "$ld"
+      ;;
+    etcd)
+      v=$(module_version etcd go.etcd.io/etcd/server/v3)
+      echo etcd go.etcd.io/etcd/server/v3 "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$v"
+      ;;
+    kwok)
+      echo kwok sigs.k8s.io/kwok/cmd/kwok "-s -w"
+      ;;
+    helm)
+      # Helm's own release build stamps its version and the Kubernetes version of its client-go
+      # (client-go v0.X.Y -> Kubernetes 1.X); without them `helm template` assumes Kubernetes 1.20.
+      v=$(module_version helm helm.sh/helm/v3)
+      local kminor
+      kminor=$(module_version helm k8s.io/client-go | cut -d. -f2)
+      local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$v"
+      ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+      for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+        ld+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$kminor"
+      done
+      echo helm helm.sh/helm/v3/cmd/helm "$ld"
+      ;;
+    *) die "unknown tool '$name' (known: ${TOOLS[*]})" ;;
+  esac
+}
+
+build_tool() {
+  local name=$1 recipe module pkg ldflags start
+  [ -x "$BIN/$name" ] && return 0
+  recipe=$(tool_recipe "$name")
+  read -r module pkg ldflags <<<"$recipe"
+  log "building $name from hack/tools/$module ($pkg)"
+  start=$(date +%s%N)
+  (cd "$MODULES/$module" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "$ldflags" -o "$BIN/.$name.tmp" "$pkg")
+  mv -f "$BIN/.$name.tmp" "$BIN/$name"
+  log "built $name in $(elapsed "$start") s"
+}
+
+# kwok v0.8 ships no built-in stages: copy the ones the test bed uses from the module source.
+copy_kwok_stages() {
+  local dest=$TOOL_DIR/kwok-stages src stage
+  [ -f "$dest/.complete" ] && return 0
+  (cd "$MODULES/kwok" && "$GO" mod download sigs.k8s.io/kwok)
+  src=$(cd "$MODULES/kwok" && "$GO" list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  mkdir -p "$dest"
+  for stage in "${KWOK_STAGES[@]}"; do
+    install -m 0644 "$src/kustomize/stage/$stage" "$dest/$(basename "$stage")"
+  done
+  touch "$dest/.complete"
+}
+
+cmd_build() {
+  local names=("$@") name start
+  [ ${#names[@]} -gt 0 ] || names=("${TOOLS[@]}")
+  mkdir -p "$BIN"
+  start=$(date +%s%N)
+  # One builder at a time per key: a second caller waits, then finds everything built.
+  exec 9>"$TOOL_DIR/.lock"
+  flock 9
+  for name in "${names[@]}"; do
+    build_tool "$name"
+    [ "$name" != kwok ] || copy_kwok_stages
+  done
+  flock -u 9
+  log "tools ready in $BIN ($(elapsed "$start") s)"
+}
+
+cmd_path() { echo "$BIN"; }
+
+# check NAME EXPECTED COMMAND...: the command must succeed and print EXPECTED somewhere.
+check() {
+  local name=$1 want=$2 out
+  shift 2
+  if out=$("$@" 2>&1) && [[ $out == *"$want"* ]]; then
+    log "ok      $name: $want"
+  else
+    log "FAILED  $name: wanted '$want', got: ${out:0:200}"
+    failed=1
+  fi
+}
+
+# Each binary must run and report the version its wrapper module pins.
+cmd_verify() {
+  local k8s etcd kwok helm name
+  failed=0
+  k8s=$(module_version kubernetes k8s.io/kubernetes)
+  etcd=$(module_version etcd go.etcd.io/etcd/server/v3)
+  kwok=$(module_version kwok sigs.k8s.io/kwok)
+  helm=$(module_version helm helm.sh/helm/v3)
+  for name in kube-apiserver kube-controller-manager kube-scheduler; do
+    check "$name" "Kubernetes $k8s" "$BIN/$name" --version
+  done
+  check kubectl "\"gitVersion\": \"$k8s\"" "$BIN/kubectl" version --client -o json
+  check etcd "etcd Version: ${etcd#v}" "$BIN/etcd" --version
+  check kwok "${kwok#v}" "$BIN/kwok" --version
+  check helm "$helm" "$BIN/helm" version --short
+  for name in "${KWOK_STAGES[@]}"; do
+    check "stage $(basename "$name")" "kind: Stage" cat "$TOOL_DIR/kwok-stages/$(basename "$name")"
+  done
+  [ $failed = 0 ] || die "some tools are missing or wrong; run: hack/tools.sh build"
+}
+
+case "${1:-}" in
+  build) shift; cmd_build "$@" ;;
+  path) cmd_path ;;
+  verify) cmd_verify ;;
+  *) echo "usage: $0 build [NAME...] | path | verify" >&2; exit 2 ;;
+esac
