@@ -11,10 +11,11 @@ from typing import Any, cast
 import kopf
 
 from patron import metrics
+from patron.actions import ActionContext, act
 from patron.api.durations import parse_duration
-from patron.api.models import API_GROUP, API_VERSION, PLURAL
+from patron.api.models import API_GROUP, API_VERSION, PLURAL, CustomerSLOSpec
 from patron.config import OperatorConfig
-from patron.impact.assess import DataProblem
+from patron.impact.assess import Assessment, DataProblem
 from patron.impact.evaluate import evaluate_async
 from patron.impact.prometheus import Prometheus
 from patron.kube import Kube, api_client
@@ -89,6 +90,8 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
         now = datetime.now(UTC)
         started = time.monotonic()
         outcome: Outcome
+        spec: CustomerSLOSpec | None = None
+        assessment: Assessment | None = None
         try:
             spec = parse_spec(obj.get("spec") or {})
             assessment = await evaluate_async(spec, memo.prometheus)
@@ -101,6 +104,10 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
             metrics.EVALUATIONS.labels(outcome=problem.reason).inc()
         finally:
             metrics.EVALUATION_SECONDS.observe(time.monotonic() - started)
+        context = ActionContext(
+            obj=obj, kube=kube, config=memo.config, alerts=memo.get("alerts"), now=now, logger=logger
+        )
+        outcome = await act(context, spec, assessment, outcome)
         patch = merge_patch(previous, outcome.status)
         if patch and _worth_writing(previous, outcome.status, now):
             await kube.patch_slo_status(namespace, name, patch)
