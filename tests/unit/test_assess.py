@@ -1,0 +1,162 @@
+"""The impact math on synthetic query results (no Prometheus)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from patron.api.models import CustomerSLOSpec
+from patron.impact.assess import Assessment, DataProblem, assess, error_ratio, severity_of
+from patron.impact.queries import FAMILIES, FRESHNESS, QueryPlan, bad_key, plan_queries, total_key
+
+BASE: dict[str, Any] = {
+    "service": "checkout",
+    "objective": 99.9,
+    "indicator": {"ratio": {"errors": 'req_total{code=~"5.."}', "total": "req_total"}},
+}
+
+
+def make_spec(**extra: Any) -> CustomerSLOSpec:
+    return CustomerSLOSpec.model_validate({**BASE, **extra})
+
+
+def results(
+    plan: QueryPlan,
+    traffic: dict[str, tuple[float, float]],
+    short: dict[str, tuple[float, float]] | None = None,
+    earlier: dict[str, float] | None = None,
+    age: float = 1.0,
+) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """customer -> (rps, error ratio) in every window, `short` overriding the 5m/30m windows."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {
+        FRESHNESS: [({}, age)],
+        FAMILIES: [({"__name__": "req_total"}, 1)],
+    }
+    for w in plan.windows:
+        src = {**traffic, **(short or {})} if w in (300, 1800) else traffic
+        out[total_key(w)] = [({"customer": c}, r) for c, (r, _) in src.items()]
+        out[bad_key(w)] = [({"customer": c}, r * e) for c, (r, e) in src.items()]
+    for key in plan.queries:
+        if " offset " in key:
+            out[key] = [({"customer": c}, (earlier or {}).get(c, r)) for c, (r, _) in traffic.items()]
+    return out
+
+
+def run(spec: CustomerSLOSpec, **kw: Any) -> Assessment:
+    plan = plan_queries(spec)
+    return assess(spec, plan, results(plan, **kw))
+
+
+def test_error_ratio_latency_counts_good_requests() -> None:
+    assert error_ratio(bad=9, total=10, bad_is_good=True) == pytest.approx(0.1)
+    assert error_ratio(bad=1, total=10, bad_is_good=False) == pytest.approx(0.1)
+    assert error_ratio(bad=0, total=0, bad_is_good=False) == 0.0
+
+
+def test_enterprise_customer_down_is_weighted() -> None:
+    spec = make_spec(customers={"tiers": [{"name": "enterprise", "weight": 10, "customers": ["acme"]}]})
+    traffic = {"acme": (1.0, 1.0), **{f"c{i}": (1.0, 0.0) for i in range(10)}}
+    a = run(spec, traffic=traffic)
+    assert [c.customer for c in a.impacted] == ["acme"]
+    assert a.impacted_fraction == pytest.approx(1 / 11)
+    assert a.weighted_impact == pytest.approx(10 / 20)
+    assert a.severity == "critical"  # weightedImpact 0.5 >= 0.2
+
+
+def test_inactive_and_ignored_customers_do_not_count() -> None:
+    spec = make_spec(customers={"minRequestRate": 0.1, "ignore": ["^synthetic-"]})
+    a = run(spec, traffic={"tiny": (0.01, 1.0), "synthetic-probe": (5, 1.0), "real": (1, 0.0)})
+    assert [c.customer for c in a.customers] == ["real"]
+    assert a.severity == "none"
+
+
+def test_multiwindow_needs_both_windows() -> None:
+    spec = make_spec()
+    # Long windows burn, short ones recovered: not impacted.
+    a = run(spec, traffic={"x": (1.0, 0.5)}, short={"x": (1.0, 0.0)})
+    assert a.impacted == ()
+    # A customer silent in the short windows shows no recovery: still impacted, and lost.
+    b = run(spec, traffic={"x": (1.0, 0.5)}, short={"x": (0.0, 0.0)})
+    assert [c.customer for c in b.impacted] == ["x"] and [c.customer for c in b.lost] == ["x"]
+
+
+def test_storm_needs_a_baseline() -> None:
+    spec = make_spec()
+    a = run(spec, traffic={"bot": (2.0, 0.0)}, short={"bot": (10.0, 0.0)}, earlier={"bot": 2.0})
+    assert [c.customer for c in a.storming] == ["bot"]
+    b = run(spec, traffic={"bot": (2.0, 0.0)}, short={"bot": (10.0, 0.0)}, earlier={"bot": 0.0})
+    assert b.storming == ()
+
+
+def test_levels() -> None:
+    spec = make_spec()
+    assert severity_of(spec, 0, 0.0, 0.0) == "none"
+    assert severity_of(spec, 1, 0.01, 0.01) == "warning"
+    assert severity_of(spec, 1, 0.05, 0.0) == "critical"
+    assert severity_of(spec, 1, 0.0, 0.2) == "critical"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda r: r.update({FRESHNESS: []}), "NoData"),
+        (lambda r: r.update({FRESHNESS: [({}, 3600.0)]}), "StaleData"),
+        (lambda r: r.update({FAMILIES: []}), "NoData"),
+        (lambda r: r[total_key(3600)].append(({"customer": "nan"}, math.nan)), "NoData"),
+    ],
+)
+def test_untrustworthy_data_is_never_healthy(mutate: Any, reason: str) -> None:
+    spec = make_spec()
+    plan = plan_queries(spec)
+    r = results(plan, traffic={"a": (1.0, 0.0)})
+    mutate(r)
+    with pytest.raises(DataProblem) as err:
+        assess(spec, plan, r)
+    assert err.value.reason == reason
+
+
+def test_query_count_does_not_depend_on_customers() -> None:
+    spec = make_spec()
+    # 5 windows (5m 30m 1h 6h 30d) x 2 kinds + 1 offset (L = baseline = 1h) + freshness + families
+    assert len(plan_queries(spec).queries) == 13
+    assert all("customer" not in q or "by (customer)" in q for q in plan_queries(spec).queries.values())
+
+
+traffic_st = st.dictionaries(
+    st.text(min_size=1, max_size=8),
+    st.tuples(st.one_of(st.just(0.0), st.floats(1e-3, 1000)), st.floats(0, 1)),
+    max_size=30,
+)
+
+
+@given(traffic_st)
+def test_counts_are_consistent(traffic: dict[str, tuple[float, float]]) -> None:
+    a = run(make_spec(), traffic=traffic)
+    assert 0.0 <= a.impacted_fraction <= 1.0 and 0.0 <= a.weighted_impact <= 1.0
+    assert {c.customer for c in a.lost} <= {c.customer for c in a.impacted} <= {c.customer for c in a.customers}
+    assert all(c.request_rate >= 0.05 for c in a.customers)
+    assert all(traffic[c.customer][1] > 0 for c in a.impacted)
+
+
+@given(traffic_st, st.floats(0.01, 100))
+def test_impact_does_not_depend_on_traffic_scale(traffic: dict[str, tuple[float, float]], k: float) -> None:
+    """Scaling every rate by k changes no ratio; only the activity threshold may move."""
+    spec = make_spec(customers={"minRequestRate": 0})
+    a = run(spec, traffic=traffic)
+    b = run(spec, traffic={c: (r * k, e) for c, (r, e) in traffic.items()})
+    assert {c.customer for c in a.impacted} == {c.customer for c in b.impacted}
+
+
+@given(traffic_st, st.floats(0, 1))
+def test_more_errors_never_heal(traffic: dict[str, tuple[float, float]], extra: float) -> None:
+    assume(traffic)
+    name = sorted(traffic)[0]
+    rate, err = traffic[name]
+    worse = {**traffic, name: (rate, min(1.0, err + extra))}
+    spec = make_spec()
+    was = name in {c.customer for c in run(spec, traffic=traffic).impacted}
+    assert not was or name in {c.customer for c in run(spec, traffic=worse).impacted}

@@ -1,0 +1,80 @@
+"""The committed CRD (and the chart's copy) is exactly what the models generate, and validates specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from patron.api.crd import CRD_PATHS, render
+from patron.api.models import CustomerSLOSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", CRD_PATHS, ids=lambda p: str(p.relative_to(REPO)))
+def test_committed_crd_is_generated(path: Path) -> None:
+    assert path.read_text() == render(), f"{path} is stale: run `make crd`"
+
+
+def test_crd_names_and_columns() -> None:
+    crd = yaml.safe_load(render())
+    spec = crd["spec"]
+    assert (spec["group"], spec["names"]["kind"], spec["names"]["plural"]) == (
+        "patron.dev",
+        "CustomerSLO",
+        "customerslos",
+    )
+    assert spec["names"]["shortNames"] == ["cslo"] and spec["names"]["categories"] == ["patron"]
+    version = spec["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Severity",
+        "Impacted",
+        "Active",
+        "Ready",
+        "Age",
+    ]
+
+
+def _no_refs(node: object) -> None:
+    if isinstance(node, dict):
+        assert "$ref" not in node and "anyOf" not in node and "title" not in node
+        for value in node.values():
+            _no_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            _no_refs(value)
+
+
+def test_schema_is_structural() -> None:
+    _no_refs(yaml.safe_load(render()))
+
+
+def test_example_spec_from_design_parses() -> None:
+    spec = CustomerSLOSpec.model_validate(yaml.safe_load((REPO / "examples" / "checkout.yaml").read_text())["spec"])
+    assert spec.indicator.ratio is not None
+    assert spec.first_window.burn_rate == 14.4
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"objective": 100}, "objective"),
+        ({"window": "30 days"}, "window"),
+        ({"indicator": {}}, "indicator"),
+        ({"impact": {"windows": [{"long": "5m", "short": "1h", "burnRate": 2}]}}, "windows"),
+        ({"customers": {"tiers": [{"name": "a"}, {"name": "a"}]}}, "tiers"),
+        ({"indicator": {"ratio": {"errors": "rate(x[5m])", "total": "x"}}}, "errors"),
+        ({"actions": {"alert": {"labels": {"severity": "page"}}}}, "labels"),
+        ({"surprise": True}, "surprise"),
+    ],
+)
+def test_bad_specs_name_the_field(patch: dict[str, object], field: str) -> None:
+    body = yaml.safe_load((REPO / "examples" / "checkout.yaml").read_text())["spec"]
+    body.update(patch)
+    with pytest.raises(ValidationError) as err:
+        CustomerSLOSpec.model_validate(body)
+    assert field in str(err.value)

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from patron.api.models import CustomerSLOSpec
+from patron.impact.assess import Assessment, CustomerImpact
+from patron.reconcile import evaluated
+from patron.status import merge_patch, next_incident, set_condition
+
+T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+SPEC = CustomerSLOSpec.model_validate(
+    {"service": "s", "objective": 99.9, "recovery": "10m", "indicator": {"ratio": {"errors": "e", "total": "t"}}}
+)
+
+
+def customer(name: str, impacted: bool) -> CustomerImpact:
+    return CustomerImpact(name, "none", 1.0, 1.0, 0.5 if impacted else 0.0, 500.0 if impacted else 0.0, 0.5, impacted,
+                          False, False, 1.0, 1.0)  # fmt: skip
+
+
+def assessment(*impacted: str, healthy: int = 3) -> Assessment:
+    cs = tuple(customer(n, True) for n in impacted) + tuple(customer(f"ok{i}", False) for i in range(healthy))
+    frac = len(impacted) / len(cs)
+    return Assessment("critical" if impacted else "none", cs, frac, frac, 1.0)
+
+
+def test_transition_time_moves_only_on_status_change() -> None:
+    c1 = set_condition([], "Ready", "True", "Evaluated", "m", 1, T0)
+    c2 = set_condition(c1, "Ready", "True", "Evaluated", "other message", 2, T0 + timedelta(minutes=1))
+    assert c2[0]["lastTransitionTime"] == c1[0]["lastTransitionTime"]
+    assert c2[0]["observedGeneration"] == 2
+    c3 = set_condition(c2, "Ready", "False", "NoData", "m", 2, T0 + timedelta(minutes=2))
+    assert c3[0]["lastTransitionTime"] == "2026-11-26T10:02:00Z"
+
+
+def test_incident_lifecycle_and_reopen_within_recovery() -> None:
+    i1 = next_incident(SPEC, None, assessment("a"), T0)
+    assert i1 is not None and i1["started"] == "2026-11-26T10:00:00Z" and i1["customersAffected"] == 1
+    i2 = next_incident(SPEC, i1, assessment("a", "b"), T0 + timedelta(minutes=1))
+    assert i2 is not None and i2["peakImpactedCustomers"] == 2 and i2["customersAffected"] == 2
+    i3 = next_incident(SPEC, i2, assessment(), T0 + timedelta(minutes=2))
+    assert i3 is not None and i3["ended"] == "2026-11-26T10:02:00Z"
+    # Back within `recovery` (10m): the same incident goes on.
+    i4 = next_incident(SPEC, i3, assessment("c"), T0 + timedelta(minutes=5))
+    assert i4 is not None and "ended" not in i4 and i4["started"] == i1["started"] and i4["customersAffected"] == 3
+    # Back after `recovery`: a new incident.
+    i5 = next_incident(SPEC, {**i4, "ended": "2026-11-26T10:06:00Z"}, assessment("d"), T0 + timedelta(minutes=30))
+    assert i5 is not None and i5["started"] == "2026-11-26T10:30:00Z" and i5["affected"] == ["d"]
+
+
+def test_events_on_incident_edges() -> None:
+    first = evaluated(SPEC, {}, assessment("a"), 1, T0)
+    assert [e.reason for e in first.events] == ["ImpactStarted"]
+    same = evaluated(SPEC, first.status, assessment("a"), 1, T0 + timedelta(seconds=30))
+    assert same.events == ()
+    over = evaluated(SPEC, same.status, assessment(), 1, T0 + timedelta(minutes=1))
+    assert [e.reason for e in over.events] == ["ImpactResolved"]
+    cond = {c["type"]: c for c in over.status["conditions"]}
+    assert cond["CustomerImpact"]["status"] == "False" and cond["Ready"]["reason"] == "Evaluated"
+
+
+def apply(doc: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(doc)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = apply(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+json_values = st.recursive(
+    st.one_of(st.integers(), st.text(max_size=5), st.booleans()),
+    lambda inner: st.dictionaries(st.text(max_size=3), inner, max_size=4) | st.lists(inner, max_size=3),
+    max_leaves=10,
+)
+docs = st.dictionaries(st.text(max_size=3), json_values, max_size=5)
+
+
+@given(docs, docs)
+def test_merge_patch_turns_old_into_new(old: dict[str, Any], new: dict[str, Any]) -> None:
+    assert apply(old, merge_patch(old, new)) == new
