@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from tests.support.catalog import SCENARIOS
 from tests.support.promserver import PrometheusServer
 from tests.support.scenarios import openmetrics
 
+REPO = Path(__file__).resolve().parents[1]
 _FOLDER_MARKS = {"unit": "unit", "prometheus": "prometheus"}
 
 
@@ -35,3 +37,11 @@ def scenario_prometheus(tmp_path_factory: pytest.TempPathFactory, scenario_end: 
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def patron_crd(testbed: Any) -> str:
+    """The CustomerSLO CRD from crds/, applied to the test bed and Established."""
+    testbed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "customerslo.yaml"))
+    testbed.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/customerslos.patron.dev")
+    return "customerslos.patron.dev"

@@ -93,12 +93,17 @@ def error_ratio(bad: float, total: float, bad_is_good: bool) -> float:
     return min(max(errors / total, 0.0), 1.0)
 
 
-def tier_of(customer: str, tiers: Sequence[Tier]) -> Tier | None:
-    """The first tier that lists `customer` or whose pattern matches it (re.search)."""
-    for tier in tiers:
-        if customer in tier.customers or (tier.pattern and re.search(tier.pattern, customer)):
-            return tier
-    return None
+class TierIndex:
+    """Tier lookup: the first tier that lists a customer or whose pattern matches it (re.search)."""
+
+    def __init__(self, tiers: Sequence[Tier]) -> None:
+        self._tiers = [(t, set(t.customers), re.compile(t.pattern) if t.pattern else None) for t in tiers]
+
+    def __call__(self, customer: str) -> Tier | None:
+        for tier, names, pattern in self._tiers:
+            if customer in names or (pattern is not None and pattern.search(customer)):
+                return tier
+        return None
 
 
 def severity_of(spec: CustomerSLOSpec, impacted: int, fraction: float, weighted: float) -> str:
@@ -165,37 +170,41 @@ def assess(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]
     label = spec.customer_label
     _, _, bad_is_good = series_selectors(spec)
     totals = {key: by_label(results.get(key, ()), label) for key in results if key.startswith("total[")}
+    by_window = {w: totals.get(total_key(w), {}) for w in plan.windows}
     bads = {w: by_label(results.get(bad_key(w), ()), label) for w in plan.windows}
+    rows = [(parse_duration(r.long), parse_duration(r.short), r.burn_rate) for r in spec.impact.windows]
+    tier_of = TierIndex(spec.customers.tiers)
     first = spec.first_window
     s_win, l_win = parse_duration(first.short), parse_duration(first.long)
     budget_win = parse_duration(spec.window)
     baseline = parse_duration(spec.impact.retry_storm.baseline)
     long_rates = totals.get(total_key(l_win), {})
+    earlier_rates = totals.get(total_key(l_win, l_win), {})
+    baseline_rates = totals.get(total_key(l_win, baseline), {})
     if bad_is_good:
         _check_buckets(spec, long_rates, bads[l_win])
     ignore = [re.compile(p) for p in spec.customers.ignore]
     allowed = spec.error_budget
 
     def ratio(c: str, w: int) -> float:
-        return error_ratio(bads[w].get(c, 0.0), totals[total_key(w)].get(c, 0.0), bad_is_good)
+        return error_ratio(bads[w].get(c, 0.0), by_window[w].get(c, 0.0), bad_is_good)
 
     def has_traffic(c: str, w: int) -> bool:
-        return totals[total_key(w)].get(c, 0.0) > 0
+        return by_window[w].get(c, 0.0) > 0
 
     customers = []
     for c, rate_l in long_rates.items():
         if rate_l < spec.customers.min_request_rate or any(p.search(c) for p in ignore):
             continue
         impacted = False
-        for row in spec.impact.windows:
-            lw, sw = parse_duration(row.long), parse_duration(row.short)
+        for lw, sw, threshold in rows:
             burn_long = ratio(c, lw) / allowed
             burn_short = ratio(c, sw) / allowed if has_traffic(c, sw) else burn_long
-            impacted = impacted or (burn_long >= row.burn_rate and burn_short >= row.burn_rate)
-        short_rate = totals[total_key(s_win)].get(c, 0.0)
-        earlier = totals.get(total_key(l_win, l_win), {}).get(c)
-        base = totals.get(total_key(l_win, baseline), {}).get(c)
-        tier = tier_of(c, spec.customers.tiers)
+            impacted = impacted or (burn_long >= threshold and burn_short >= threshold)
+        short_rate = by_window[s_win].get(c, 0.0)
+        earlier = earlier_rates.get(c)
+        base = baseline_rates.get(c)
+        tier = tier_of(c)
         err_s = ratio(c, s_win) if has_traffic(c, s_win) else ratio(c, l_win)
         customers.append(
             CustomerImpact(

@@ -83,7 +83,8 @@ def plan_queries(spec: CustomerSLOSpec) -> QueryPlan:
     queries: dict[str, str] = {}
     for w in windows:
         queries[total_key(w)] = _rate(total, label, w)
-        queries[bad_key(w)] = _rate(bad, label, w)
+        # Absent errors mean zero errors, so only customers with errors (or NaN) need sending back.
+        queries[bad_key(w)] = _rate(bad, label, w) + ("" if bad_is_good else " != 0")
     long_ = parse_duration(spec.first_window.long)
     baseline = parse_duration(spec.impact.retry_storm.baseline)
     for offset in sorted({long_, baseline}):

@@ -1,0 +1,219 @@
+"""Throttle: per-customer limits for storming customers, in envoyproxy/ratelimit's config format,
+written into one key of an existing ConfigMap (a JSON patch restricted to /data/<key>, guarded by
+the ConfigMap's resourceVersion; no other key is ever touched, and the ConfigMap is never created).
+
+- limit = max(ceil(baseline x headroom), minRequestsPerUnit), unit second; baseline is the
+  customer's rate over L measured `retryStorm.baseline` earlier. The limit is fixed when the entry
+  is made (a storm that outlasts its baseline offset would otherwise raise its own limit).
+- An entry is lifted after `ttl` (and not set again for that customer in the same incident), after
+  `recovery` without impact, or when actions.throttle is removed or moved to another key.
+- The key's content is a function of the Active records alone, so every evaluation re-asserts it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import yaml
+
+from patron.actions.k8s import K8s, config_map_path, pointer
+from patron.actions.plan import Key, Plan, Situation, Step, apply, at, held_value, key_of, revert, skip
+from patron.api.durations import parse_duration
+from patron.api.models import ThrottleAction
+from patron.api.status import ActionRecord
+from patron.status import timestamp
+
+# At most this many customers are throttled at once by one CustomerSLO (the loudest storms first).
+MAX_THROTTLED = 50
+
+
+@dataclass(frozen=True)
+class ConfigMapState:
+    name: str
+    resource_version: str
+    data: Mapping[str, str] | None  # None: the ConfigMap has no `data` at all
+
+
+@dataclass(frozen=True)
+class WriteKey:
+    """Set (or with content None, remove) one key, only if the ConfigMap is still at resource_version."""
+
+    config_map: str
+    key: str
+    content: str | None
+    resource_version: str
+    has_data: bool
+
+    def ops(self) -> list[dict[str, Any]]:
+        """The JSON patch: a test of resourceVersion, then one operation on /data/<key>."""
+        ops: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": self.resource_version}
+        ]
+        if self.content is None:
+            ops.append({"op": "remove", "path": pointer("data", self.key)})
+        elif not self.has_data:
+            ops.append({"op": "add", "path": "/data", "value": {self.key: self.content}})
+        else:
+            ops.append({"op": "add", "path": pointer("data", self.key), "value": self.content})
+        return ops
+
+
+def key_name(slo_name: str, spec: ThrottleAction) -> str:
+    return spec.key or f"patron-{slo_name}.yaml"
+
+
+def limit_for(baseline: float, headroom: float, minimum: int) -> int:
+    """max(ceil(baseline x headroom), minimum); the product is rounded to 1e-6 first so that
+    30 x 1.2 is 36, not 37."""
+    return max(math.ceil(round(baseline * headroom, 6)), minimum, 1)
+
+
+def render(spec: ThrottleAction, records: Sequence[ActionRecord]) -> str:
+    """The ratelimit config for `records` (sorted by customer; customer names are YAML data)."""
+    descriptors = []
+    for r in sorted(records, key=lambda r: r.customer or ""):
+        entry: dict[str, Any] = {
+            "key": spec.descriptor_key,
+            "value": r.customer,
+            "rate_limit": {"unit": "second", "requests_per_unit": held_value(r)},
+        }
+        if spec.shadow:
+            entry["shadow_mode"] = True
+        descriptors.append(entry)
+    return yaml.safe_dump(
+        {"domain": spec.domain, "descriptors": descriptors}, sort_keys=False, allow_unicode=True, width=1000
+    )
+
+
+def _where(record: ActionRecord) -> tuple[str, str]:
+    """(ConfigMap name, key) of a Throttle record."""
+    return record.target.split("/", 1)[1], record.original or ""
+
+
+def config_maps_to_read(sit: Situation) -> set[str]:
+    spec = sit.spec.actions.throttle
+    names = {_where(r)[0] for r in sit.of_type("Throttle", "Active")}
+    return names | ({spec.config_map} if spec else set())
+
+
+def _lift_reason(sit: Situation, spec: ThrottleAction | None, record: ActionRecord) -> str | None:
+    if sit.releasing:
+        return "the CustomerSLO was deleted"
+    if spec is None:
+        return "actions.throttle was removed from the spec"
+    if _where(record) != (spec.config_map, key_name(sit.name, spec)):
+        return f"actions.throttle now writes ConfigMap {spec.config_map} key {key_name(sit.name, spec)}"
+    expires = at(record.expires)
+    if expires is not None and sit.now >= expires:
+        return f"ttl {spec.ttl} expired"
+    if sit.recovered:
+        return f"no impact for {sit.spec.recovery}"
+    return None
+
+
+def _lifted_by_ttl(sit: Situation, record: ActionRecord | None) -> bool:
+    """A Reverted record lifted by its TTL (reverted at or after `expires`) in the open incident."""
+    if record is None or record.state != "Reverted" or record.expires is None:
+        return False
+    opened = sit.incident_open_since
+    since = at(record.since)
+    expires = at(record.expires)
+    return opened is not None and since is not None and expires is not None and since >= max(expires, opened)
+
+
+def plan(sit: Situation, config_maps: Mapping[str, ConfigMapState | None]) -> Plan:
+    spec = sit.spec.actions.throttle
+    steps: dict[Key, Step] = {}
+    for record in sit.of_type("Throttle", "Active", "Skipped"):
+        why = _lift_reason(sit, spec, record)
+        if why:
+            message = f"Throttle {record.target} customer {record.customer}: lifted, {why}"
+            steps[key_of(record)] = revert(sit, record, f"lifted: {why}", message)
+    if spec is not None and sit.assessment is not None and sit.reaches(spec.min_severity):
+        target = f"ConfigMap/{spec.config_map}"
+        where = key_name(sit.name, spec)
+        config_map = config_maps.get(spec.config_map)
+        expires = timestamp(sit.now + timedelta(seconds=parse_duration(spec.ttl)))
+        for customer in sit.assessment.storming[:MAX_THROTTLED]:
+            key: Key = ("Throttle", target, customer.customer)
+            before = sit.previous(key)
+            step = steps.get(key)
+            if (
+                step is None
+                and before is not None
+                and (before.state == "Active" or (sit.dry_run and before.state == "Skipped"))
+            ):
+                continue  # held (or decided under dry run): the limit set first stays
+            if _lifted_by_ttl(sit, step.record if step else before) or customer.baseline_rate is None:
+                continue
+            limit = limit_for(customer.baseline_rate, spec.headroom, spec.min_requests_per_unit)
+            detail = f"{limit} req/s (baseline {customer.baseline_rate:.3g} x {spec.headroom:g})"
+            record = ActionRecord(
+                type="Throttle",
+                target=target,
+                customer=customer.customer,
+                state="Active",
+                since=sit.stamp(),
+                detail=detail,
+                original=where,
+                expires=expires,
+            )
+            if config_map is None:
+                reason = (
+                    f"ConfigMap {spec.config_map} not found in namespace {sit.namespace}; "
+                    "Patron writes into the ratelimit ConfigMap but never creates it"
+                )
+                steps[key] = skip(sit, record.model_copy(update={"state": "Skipped"}), reason)
+            else:
+                message = f"Throttle {target} key {where} customer {customer.customer}: {detail}"
+                steps[key] = apply(sit, record, message + (" (shadow mode)" if spec.shadow else ""))
+    return Plan(tuple(steps.values()), _writes(sit, spec, tuple(steps.values()), config_maps))
+
+
+def _writes(
+    sit: Situation, spec: ThrottleAction | None, steps: Sequence[Step], config_maps: Mapping[str, ConfigMapState | None]
+) -> tuple[WriteKey, ...]:
+    """Key writes that make each touched key hold exactly its Active entries. A key is touched when
+    it holds Active entries (re-asserted every evaluation) or an entry of it changed now."""
+    if sit.dry_run:
+        return ()
+    changed = {s.key for s in steps if s.verb in ("apply", "revert")}
+    after = {key_of(r): r for r in sit.records if r.type == "Throttle"} | {
+        s.key: s.record for s in steps if s.record is not None
+    }
+    groups: dict[tuple[str, str], list[ActionRecord]] = {}
+    touched: set[tuple[str, str]] = set()
+    for key, record in after.items():
+        if record.state == "Active":
+            groups.setdefault(_where(record), []).append(record)
+            touched.add(_where(record))
+        if key in changed:
+            before = sit.previous(key)
+            touched |= {_where(record)} | ({_where(before)} if before and before.state == "Active" else set())
+    writes = []
+    for cm, data_key in sorted(touched):
+        state = config_maps.get(cm)
+        if state is None:
+            continue  # gone: nothing left to lift, nothing to write into
+        held = groups.get((cm, data_key), [])
+        content = render(spec, held) if held and spec is not None else None
+        if content != (state.data or {}).get(data_key):
+            writes.append(WriteKey(cm, data_key, content, state.resource_version, state.data is not None))
+    return tuple(writes)
+
+
+async def observe(k8s: K8s, sit: Situation) -> dict[str, ConfigMapState | None]:
+    out: dict[str, ConfigMapState | None] = {}
+    for name in sorted(config_maps_to_read(sit)):
+        obj = await k8s.get(config_map_path(sit.namespace, name))
+        out[name] = None if obj is None else ConfigMapState(name, obj["metadata"]["resourceVersion"], obj.get("data"))
+    return out
+
+
+async def execute(k8s: K8s, namespace: str, effects: Sequence[Any]) -> None:
+    for write in effects:
+        await k8s.json_patch(config_map_path(namespace, write.config_map), write.ops())
