@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+from kubernetes import client
+from kubernetes.client import ApiClient
 
 if TYPE_CHECKING:
     from conftest import Testbed
@@ -72,6 +74,12 @@ def test_three_fake_nodes_are_ready(testbed: Testbed) -> None:
         if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
     ]
     assert len(ready) == 3, f"Ready kwok nodes: {ready}"
+
+
+def test_python_client_verifies_tls(k8s_api: ApiClient) -> None:
+    assert k8s_api.configuration.verify_ssl
+    nodes = client.CoreV1Api(k8s_api).list_node(label_selector="type=kwok").items
+    assert len(nodes) == 3
 
 
 def test_deployment_becomes_ready(testbed: Testbed, namespace: str) -> None:
