@@ -11,7 +11,7 @@ from typing import Any, cast
 import kopf
 
 from patron import metrics
-from patron.actions import ActionContext, act
+from patron.actions import ActionContext, AlertmanagerClient, act, release
 from patron.api.durations import parse_duration
 from patron.api.models import API_GROUP, API_VERSION, PLURAL, CustomerSLOSpec
 from patron.config import OperatorConfig
@@ -49,6 +49,28 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     config: OperatorConfig = memo.config
     memo.prometheus = Prometheus(config.prometheus_url, timeout=config.prometheus_timeout)
     memo.kube = Kube(api_client())
+    memo.alerts = AlertmanagerClient(config.alertmanager_urls) if config.alertmanager_urls else None
+    if memo.alerts is not None:
+        memo.alerts.start()
+
+
+@kopf.on.cleanup()
+async def stop_alerts(memo: kopf.Memo, **_: Any) -> None:
+    """Deliver the alerts still queued (for a few seconds at most), then stop the senders."""
+    if memo.get("alerts") is not None:
+        await memo.alerts.close()
+
+
+@kopf.on.delete(*RESOURCE, retries=6, backoff=10)
+async def on_delete(name: str, namespace: str | None, memo: Any, logger: Logger, **_: Any) -> None:
+    """Give back what Patron holds for this CustomerSLO before it goes (patron.actions.release)."""
+    async with _lock(memo):
+        obj = await memo.kube.get_slo(namespace or "", name)
+        if obj is None:
+            return
+        context = ActionContext(obj, memo.kube, memo.config, memo.get("alerts"), datetime.now(UTC), logger)
+        for event in await release(context):
+            kopf.event(cast(kopf.Body, obj), type=event.type, reason=event.reason, message=event.message[:1024])
 
 
 @kopf.on.create(*RESOURCE)

@@ -39,15 +39,14 @@ class Kube:
         return cast(dict[str, Any], obj)
 
     async def patch_slo_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        """JSON merge patch of the status subresource."""
+        """JSON merge patch of the status subresource (the client sends a dict body as merge-patch)."""
         await asyncio.to_thread(
-            self.custom.api_client.call_api,
-            f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
-            "PATCH",
-            header_params={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
-            query_params=[("fieldManager", FIELD_MANAGER)],
-            body={"status": patch},
-            auth_settings=["BearerToken"],
-            response_type="object",
-            _return_http_data_only=True,
+            self.custom.patch_namespaced_custom_object_status,
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": patch},
+            field_manager=FIELD_MANAGER,
         )

@@ -26,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from patron import metrics
 from patron.actions import alert, rollback, scale, throttle
 from patron.actions.alertmanager import AlertmanagerClient
-from patron.actions.k8s import K8s
+from patron.actions.k8s import K8s, slo_path
 from patron.actions.plan import (
     Plan,
     Situation,
@@ -159,7 +159,7 @@ async def _run(context: ActionContext, sit: Situation, status: dict[str, Any]) -
             _log_failure(context, kind.name, err)
     if any(kind.changes_objects and plan.effects for kind, plan in plans):
         ahead = merge(sit, [s for _, plan in plans for s in plan.steps])
-        await context.kube.patch_slo_status(sit.namespace, sit.name, {"actions": dump_records(ahead)})
+        await K8s(context.kube.client).patch_status(slo_path(sit.namespace, sit.name), {"actions": dump_records(ahead)})
     for kind, plan in plans:
         try:
             await kind.execute(plan.effects)

@@ -7,12 +7,13 @@ namespace: there is no way to name another one.
 from __future__ import annotations
 
 import asyncio
-import functools
+import json
 from typing import Any, cast
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from patron.api.models import API_GROUP, API_VERSION, PLURAL
 from patron.kube import FIELD_MANAGER
 
 JSON_PATCH = "application/json-patch+json"
@@ -37,25 +38,27 @@ class K8s:
         content_type: str | None = None,
         query: list[tuple[str, str]] | None = None,
     ) -> dict[str, Any]:
+        """One request; the answer's JSON, or ApiException (404: NotFoundException, ...)."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
         params = list(query or [])
         if method != "GET":
             params.append(("fieldManager", FIELD_MANAGER))
-        call = functools.partial(
-            self.client.call_api,
-            path,
-            method,
-            header_params=headers,
-            query_params=params,
-            body=body,
-            auth_settings=["BearerToken"],
-            response_type="object",
-            _return_http_data_only=True,
-            _request_timeout=REQUEST_TIMEOUT,
+        return await asyncio.to_thread(self._request, method, path, headers, params, body)
+
+    def _request(
+        self, method: str, path: str, headers: dict[str, str], params: list[tuple[str, str]], body: Any
+    ) -> dict[str, Any]:
+        method, url, headers, body, post = self.client.param_serialize(
+            method, path, query_params=params, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
-        return cast(dict[str, Any], await asyncio.to_thread(call))
+        response = self.client.call_api(method, url, headers, body, post, _request_timeout=REQUEST_TIMEOUT)
+        data: bytes = response.read()  # type: ignore[no-untyped-call]
+        text = data.decode("utf-8") if data else ""
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=text, data=None)
+        return cast(dict[str, Any], json.loads(text) if text else {})
 
     async def get(self, path: str, query: list[tuple[str, str]] | None = None) -> dict[str, Any] | None:
         """GET `path`; None when it does not exist."""
@@ -72,10 +75,18 @@ class K8s:
     async def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
         return await self._call("PATCH", path, patch, MERGE_PATCH)
 
+    async def patch_status(self, path: str, status: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch of a status subresource."""
+        return await self._call("PATCH", path + "/status", {"status": status}, MERGE_PATCH)
+
     async def items(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
         query = [("labelSelector", label_selector)] if label_selector else None
         listed = await self.get(path, query)
         return list((listed or {}).get("items") or [])
+
+
+def slo_path(namespace: str, name: str) -> str:
+    return f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
 
 
 def config_map_path(namespace: str, name: str) -> str:

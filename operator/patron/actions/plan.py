@@ -172,7 +172,7 @@ def revert(sit: Situation, record: ActionRecord, detail: str, message: str) -> S
         return Step("skip", key_of(record), None, f"{record.detail}: no longer decided ({message})")
     if sit.dry_run:
         return hold(record)
-    update = {"state": "Reverted", "since": sit.stamp(), "detail": detail, "expires": None}
+    update = {"state": "Reverted", "since": sit.stamp(), "detail": detail}
     return Step("revert", key_of(record), record.model_copy(update=update), message)
 
 

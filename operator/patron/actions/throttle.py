@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from patron.actions.k8s import K8s, config_map_path, pointer
 from patron.actions.plan import Key, Plan, Situation, Step, apply, at, held_value, key_of, revert, skip
@@ -84,9 +85,7 @@ def render(spec: ThrottleAction, records: Sequence[ActionRecord]) -> str:
         if spec.shadow:
             entry["shadow_mode"] = True
         descriptors.append(entry)
-    return yaml.safe_dump(
-        {"domain": spec.domain, "descriptors": descriptors}, sort_keys=False, allow_unicode=True, width=1000
-    )
+    return yaml.safe_dump({"domain": spec.domain, "descriptors": descriptors}, sort_keys=False, width=1000)
 
 
 def _where(record: ActionRecord) -> tuple[str, str]:
@@ -214,6 +213,20 @@ async def observe(k8s: K8s, sit: Situation) -> dict[str, ConfigMapState | None]:
     return out
 
 
-async def execute(k8s: K8s, namespace: str, effects: Sequence[Any]) -> None:
+async def execute(k8s: K8s, namespace: str, effects: Sequence[Any], attempts: int = 3) -> None:
+    """Each write is guarded by resourceVersion; when the ConfigMap changed meanwhile (someone wrote
+    another key), it is read again and the same content written (content depends on records only)."""
     for write in effects:
-        await k8s.json_patch(config_map_path(namespace, write.config_map), write.ops())
+        path = config_map_path(namespace, write.config_map)
+        for attempt in range(attempts):
+            try:
+                await k8s.json_patch(path, write.ops())
+                break
+            except ApiException as err:
+                if err.status not in (409, 422) or attempt == attempts - 1:
+                    raise
+            obj = await k8s.get(path)
+            if obj is None or (obj.get("data") or {}).get(write.key) == write.content:
+                break
+            rv, data = obj["metadata"]["resourceVersion"], obj.get("data")
+            write = replace(write, resource_version=rv, has_data=data is not None)

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 from patron.api.models import API_GROUP, API_VERSION, KIND, PLURAL, CustomerSLOSpec
 from patron.api.status import CustomerSLOStatus
@@ -52,13 +55,46 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
     if schema.get("type") == "object" and isinstance(schema.get("additionalProperties"), dict):
         out["additionalProperties"] = structural(schema["additionalProperties"], defs)
+    if isinstance(schema.get("propertyNames"), dict) and "pattern" in schema["propertyNames"]:
+        pattern = schema["propertyNames"]["pattern"]
+        out.pop("propertyNames", None)
+        out.setdefault("x-kubernetes-validations", []).append(
+            {"rule": f"self.all(k, k.matches('{pattern}'))", "message": f"keys must match {pattern}"}
+        )
+    if "patternProperties" in schema:
+        ((pattern, values),) = schema["patternProperties"].items()
+        out.pop("patternProperties")
+        out["additionalProperties"] = structural(values, defs)
+        out.setdefault("x-kubernetes-validations", []).append(
+            {"rule": f"self.all(k, k.matches('{pattern}'))", "message": f"keys must match {pattern}"}
+        )
     if "enum" in out and "type" not in out:
         out["type"] = "string"
     return out
 
 
+class _WithFactoryDefaults(GenerateJsonSchema):
+    """Pydantic omits defaults that come from a default_factory; the API server should apply them.
+
+    A nested object defaults to {} (its own fields' defaults then apply); a list of objects to its
+    dumped value; empty collections need no default.
+    """
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        factory = schema.get("default_factory")
+        if factory is None:
+            return super().default_schema(schema)
+        json_schema = self.generate_inner(schema["schema"])
+        value = factory()  # type: ignore[call-arg]
+        if isinstance(value, BaseModel):
+            json_schema["default"] = {}
+        elif value:
+            json_schema["default"] = [v.model_dump(by_alias=True, exclude_none=True) for v in value]
+        return json_schema
+
+
 def _schema_of(model: type[CustomerSLOSpec] | type[CustomerSLOStatus]) -> dict[str, Any]:
-    raw = model.model_json_schema(by_alias=True, mode="validation")
+    raw = model.model_json_schema(by_alias=True, mode="validation", schema_generator=_WithFactoryDefaults)
     return structural(raw, raw.get("$defs", {}))
 
 
