@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -130,6 +130,49 @@ def _print_table(status: dict[str, Any]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import kubernetes
+
+    from patron.api.models import API_GROUP, API_VERSION, PLURAL
+    from patron.impact.assess import DataProblem, Series
+    from patron.impact.prometheus import Prometheus
+    from patron.kube import api_client
+    from patron.reconcile import parse_spec
+    from patron.report import build_report, incident_queries, render, report_time
+
+    namespace, _, name = args.target.partition("/")
+    if not namespace or not name:
+        raise SystemExit("error: name the CustomerSLO as NAMESPACE/NAME")
+    client = api_client()
+    try:
+        obj = cast(
+            dict[str, Any],
+            kubernetes.client.CustomObjectsApi(client).get_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, PLURAL, name
+            ),
+        )
+    except kubernetes.client.exceptions.ApiException as err:
+        raise SystemExit(f"error: cannot read customerslo {namespace}/{name}: {err.reason}") from None
+    listing = kubernetes.client.CoreV1Api(client).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=CustomerSLO"
+    )
+    events = [client.sanitize_for_serialization(e) for e in listing.items]  # type: ignore[no-untyped-call]
+    try:
+        spec = parse_spec(obj.get("spec") or {})
+    except DataProblem as problem:
+        raise SystemExit(f"error: {problem.message}") from None
+    counts: dict[str, Series] | None = None
+    window = report_time(obj, datetime.now(UTC))
+    if window and args.prometheus:
+        try:
+            prom = Prometheus(args.prometheus)
+            counts = {k: prom.query(q, window[1]) for k, q in incident_queries(spec, *window).items()}
+        except DataProblem as problem:
+            print(f"warning: {problem.message}; failed requests per customer are left out", file=sys.stderr)
+    print(render(build_report(obj, events, counts, spec), args.output), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="patron", description="Customer-impact SLOs for Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--at", help="evaluation time, RFC 3339 (default: now)")
     ev.add_argument("-o", "--output", choices=("json", "table"), default="table")
     ev.set_defaults(func=cmd_evaluate)
+
+    rep = sub.add_parser("report", help="post-mortem of a CustomerSLO's current or last incident")
+    rep.add_argument("target", metavar="NAMESPACE/NAME")
+    rep.add_argument(
+        "--prometheus",
+        default=os.environ.get("PATRON_PROMETHEUS_URL"),
+        help="Prometheus base URL for failed requests per customer (default: $PATRON_PROMETHEUS_URL)",
+    )
+    rep.add_argument("-o", "--output", choices=("table", "markdown", "json"), default="table")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 
