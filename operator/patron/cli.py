@@ -173,6 +173,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from patron.api.durations import parse_duration
+    from patron.impact.assess import DataProblem
+    from patron.impact.prometheus import Prometheus
+    from patron.reconcile import parse_spec
+    from patron.replay import render, replay
+
+    manifest = _load_manifest(args.file)
+    try:
+        spec = parse_spec(manifest.get("spec") or {})
+        steps = replay(
+            spec,
+            Prometheus(args.prometheus),
+            _parse_time(args.start),
+            _parse_time(args.end),
+            timedelta(seconds=parse_duration(args.step)),
+        )
+    except DataProblem as problem:
+        print(f"error: {problem.reason}: {problem.message}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(render(steps, args.output), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="patron", description="Customer-impact SLOs for Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("-o", "--output", choices=("table", "markdown", "json"), default="table")
     rep.set_defaults(func=cmd_report)
+
+    rp = sub.add_parser("replay", help="backtest a CustomerSLO over a past period with the operator's engine")
+    rp.add_argument("-f", "--file", required=True, help="manifest path, or - for stdin")
+    rp.add_argument("--prometheus", required=True, help="Prometheus base URL")
+    rp.add_argument("--from", dest="start", required=True, help="RFC 3339 start")
+    rp.add_argument("--to", dest="end", required=True, help="RFC 3339 end")
+    rp.add_argument("--step", default="30s", help="evaluation step (default 30s)")
+    rp.add_argument("-o", "--output", choices=("json", "table"), default="table")
+    rp.set_defaults(func=cmd_replay)
     return parser
 
 

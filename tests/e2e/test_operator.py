@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,6 +71,37 @@ def test_impact_is_visible_to_kubectl(testbed: Any, namespace: str, operator: Op
     assert "ImpactStarted" in events
     # The category lists it too.
     assert "all-down" in testbed.kubectl("get", "patron", "-n", namespace).stdout
+
+
+def test_replay_and_report_agree_with_the_live_operator(
+    testbed: Any, namespace: str, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    body = manifest("lost", interval="5s")
+    apply(testbed, namespace, body)
+    testbed.kubectl("wait", "-n", namespace, "--for=condition=CustomerImpact", "cslo/lost", "--timeout=90s")
+    status = get(testbed, namespace, "lost")["status"]
+    at = status["lastEvaluationTime"]
+    path = tmp_path / "slo.yaml"
+    path.write_text(yaml.safe_dump(body))
+    env = testbed.environ()
+    out = subprocess.run(
+        [sys.executable, "-m", "patron.cli", "replay", "-f", str(path), "--prometheus", operator.prometheus_url,
+         "--from", at, "--to", at, "-o", "json"],
+        check=True, capture_output=True, text=True, env=env,
+    ).stdout  # fmt: skip
+    (step,) = json.loads(out)
+    assert (step["severity"], step["impacted"], step["active"], step["lost"]) == (
+        status["severity"], status["impactedCustomers"], status["activeCustomers"], status["lostCustomers"],
+    )  # fmt: skip
+    assert list(step["worst"]) == [i["customer"] for i in status["impacted"]][:5]
+    report = subprocess.run(
+        [sys.executable, "-m", "patron.cli", "report", f"{namespace}/lost", "--prometheus", operator.prometheus_url,
+         "-o", "json"],
+        check=True, capture_output=True, text=True, env=env,
+    ).stdout  # fmt: skip
+    incident = json.loads(report)["incident"]
+    assert incident["lostCustomers"] == ["quitter"] and incident["customersAffected"] == 1
+    assert [r["event"] for r in incident["timeline"]][:1] == ["ImpactStarted"]
 
 
 def test_healthy_slo_and_a_broken_one_side_by_side(testbed: Any, namespace: str, operator: OperatorProcess) -> None:
