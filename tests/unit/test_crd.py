@@ -78,3 +78,9 @@ def test_bad_specs_name_the_field(patch: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationError) as err:
         CustomerSLOSpec.model_validate(body)
     assert field in str(err.value)
+
+
+def test_reference_doc_is_generated() -> None:
+    from patron.api import reference
+
+    assert reference.REFERENCE_PATH.read_text() == reference.render(), "docs/crd-reference.md is stale: run `make crd`"

@@ -169,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path.relative_to(REPO)}")
+    from patron.api import reference  # imports this module: keep the import here
+
+    reference.write()
+    print(f"wrote {reference.REFERENCE_PATH.relative_to(REPO)}")
     return 0
 
 
