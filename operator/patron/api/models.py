@@ -79,6 +79,11 @@ def _cel_seconds(field: str) -> str:
     return " + ".join(terms)
 
 
+def cel_rule(rule: str, message: str) -> ConfigDict:
+    """Model config (merged into Model's by pydantic) carrying one CEL rule for the CRD schema."""
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": [{"rule": rule, "message": message}]})
+
+
 class Model(BaseModel):
     """Base: immutable, camelCase on the wire, unknown fields refused."""
 
@@ -125,15 +130,9 @@ class LatencyIndicator(Model):
 class Indicator(Model):
     """Exactly one of `ratio` or `latency`."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.ratio) != has(self.latency)",
-                    "message": "set exactly one of indicator.ratio or indicator.latency",
-                }
-            ]
-        }
+    model_config = cel_rule(
+        "has(self.ratio) != has(self.latency)",
+        "set exactly one of indicator.ratio or indicator.latency",
     )
 
     ratio: RatioIndicator | None = None
@@ -158,15 +157,9 @@ class Tier(Model):
 class Customers(Model):
     """Which customers count, and how much."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!has(self.tiers) || self.tiers.all(t, self.tiers.exists_one(u, u.name == t.name))",
-                    "message": "customers.tiers names must be unique",
-                }
-            ]
-        }
+    model_config = cel_rule(
+        "!has(self.tiers) || self.tiers.all(t, self.tiers.exists_one(u, u.name == t.name))",
+        "customers.tiers names must be unique",
     )
 
     min_request_rate: float = Field(
@@ -192,15 +185,9 @@ class Customers(Model):
 class BurnWindow(Model):
     """Impacted when burn rate over BOTH `long` and `short` is >= `burnRate`."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": f"{_cel_seconds('self.short')} < {_cel_seconds('self.long')}",
-                    "message": "impact.windows: short must be shorter than long",
-                }
-            ]
-        }
+    model_config = cel_rule(
+        f"{_cel_seconds('self.short')} < {_cel_seconds('self.long')}",
+        "impact.windows: short must be shorter than long",
     )
 
     long: Duration
@@ -217,15 +204,9 @@ class BurnWindow(Model):
 class Level(Model):
     """A severity that holds when ANY of its criteria holds (each criterion is a >= threshold)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.impactedCustomers) || has(self.impactedFraction) || has(self.weightedImpact)",
-                    "message": "impact.levels: each level needs impactedCustomers, impactedFraction or weightedImpact",
-                }
-            ]
-        }
+    model_config = cel_rule(
+        "has(self.impactedCustomers) || has(self.impactedFraction) || has(self.weightedImpact)",
+        "impact.levels: each level needs impactedCustomers, impactedFraction or weightedImpact",
     )
 
     severity: Severity
