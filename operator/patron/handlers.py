@@ -16,7 +16,7 @@ from patron.api.durations import parse_duration
 from patron.api.models import API_GROUP, API_VERSION, PLURAL, CustomerSLOSpec
 from patron.config import OperatorConfig
 from patron.impact.assess import Assessment, DataProblem
-from patron.impact.evaluate import evaluate_async
+from patron.impact.evaluate import evaluate_now
 from patron.impact.prometheus import Prometheus
 from patron.kube import Kube, api_client
 from patron.reconcile import Outcome, evaluated, failed, material, parse_spec
@@ -116,7 +116,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
         assessment: Assessment | None = None
         try:
             spec = parse_spec(obj.get("spec") or {})
-            assessment = await evaluate_async(spec, memo.prometheus)
+            assessment = await evaluate_now(spec, memo.prometheus)
             outcome = evaluated(spec, previous, assessment, generation, now)
             metrics.IMPACTED.labels(namespace, name).set(len(assessment.impacted))
             metrics.EVALUATIONS.labels(outcome="Evaluated").inc()

@@ -102,7 +102,7 @@ class AlertmanagerClient:
         capacity: int = 10_000,
         batch_size: int = 500,
         timeout: float = 10.0,
-        backoff: tuple[float, float] = (0.5, 30.0),
+        backoff: tuple[float, float] = (0.5, 10.0),
     ) -> None:
         self.urls = tuple(u.rstrip("/") for u in urls)
         self.queues = {url: AlertQueue(capacity) for url in self.urls}

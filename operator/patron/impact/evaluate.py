@@ -16,6 +16,7 @@ def evaluate(spec: CustomerSLOSpec, prometheus: Prometheus, at: datetime | None 
     return assess(spec, plan, prometheus.run(plan, at))
 
 
-async def evaluate_async(spec: CustomerSLOSpec, prometheus: Prometheus, at: datetime | None = None) -> Assessment:
+async def evaluate_now(spec: CustomerSLOSpec, prometheus: Prometheus) -> Assessment:
+    """The operator's evaluation: now, queries concurrent, budget-window results reused for a while."""
     plan = plan_queries(spec)
-    return assess(spec, plan, await prometheus.run_async(plan, at))
+    return assess(spec, plan, await prometheus.run_async(plan))

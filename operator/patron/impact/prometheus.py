@@ -13,7 +13,7 @@ from requests import RequestException
 
 from patron import metrics
 from patron.impact.assess import DataProblem, Series
-from patron.impact.queries import QueryPlan
+from patron.impact.queries import BUDGET_REFRESH, QueryPlan
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -25,6 +25,7 @@ class Prometheus:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._client = PrometheusConnect(url=self.url, disable_ssl=False, timeout=timeout)
+        self._budget_cache: dict[str, tuple[float, Series]] = {}
 
     def query(self, promql: str, at: datetime | None = None) -> Series:
         """One instant query; a vector or scalar result as (labels, value) pairs."""
@@ -46,16 +47,29 @@ class Prometheus:
     def run(self, plan: QueryPlan, at: datetime | None = None) -> dict[str, Series]:
         return {name: self.query(promql, at) for name, promql in plan.queries.items()}
 
-    async def run_async(self, plan: QueryPlan, at: datetime | None = None) -> dict[str, Series]:
-        """Run the plan's queries concurrently in worker threads, each bounded by the timeout."""
-        names = list(plan.queries)
+    async def run_async(self, plan: QueryPlan) -> dict[str, Series]:
+        """Run the plan's queries now, concurrently in worker threads, each bounded by the timeout.
+
+        Budget-window results younger than BUDGET_REFRESH are reused (keyed by PromQL, so CustomerSLOs
+        sharing a selector share them too).
+        """
+        now = time.monotonic()
+        reused = {
+            n: self._budget_cache[q][1]
+            for n, q in plan.queries.items()
+            if n in plan.budget_only and now - self._budget_cache.get(q, (-BUDGET_REFRESH, []))[0] < BUDGET_REFRESH
+        }
+        names = [n for n in plan.queries if n not in reused]
         results = await asyncio.gather(
-            *(self._in_thread(self.query, plan.queries[n], at) for n in names), return_exceptions=True
+            *(self._in_thread(self.query, plan.queries[n], None) for n in names), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return dict(zip(names, results, strict=True))  # type: ignore[arg-type]
+        fresh: dict[str, Series] = dict(zip(names, results, strict=True))  # type: ignore[arg-type]
+        for n in fresh.keys() & plan.budget_only:
+            self._budget_cache[plan.queries[n]] = (now, fresh[n])
+        return {**fresh, **reused}
 
     async def _in_thread(
         self, fn: Callable[[str, datetime | None], Series], promql: str, at: datetime | None

@@ -13,6 +13,7 @@ from patron.api.models import CustomerSLOSpec
 from patron.impact.selectors import Selector
 
 FRESHNESS = "freshness"
+BUDGET_REFRESH = 300.0  # seconds a live operator may reuse budget-window results
 FAMILIES = "families"
 
 
@@ -24,6 +25,9 @@ class QueryPlan:
     windows: tuple[int, ...]  # seconds, every window the math needs a rate over
     required_families: tuple[str, ...]  # metric names whose absence means the spec measures nothing
     optional_families: tuple[str, ...]  # error counters may legitimately not exist before a first error
+    # Queries over the budget window alone: the costliest (30d by default), used only for
+    # budgetRemaining, never for a decision, so a live operator may reuse them for BUDGET_REFRESH.
+    budget_only: frozenset[str] = frozenset()
 
 
 def total_key(window: int, offset: int = 0) -> str:
@@ -75,11 +79,11 @@ def plan_queries(spec: CustomerSLOSpec) -> QueryPlan:
     """
     total, bad, bad_is_good = series_selectors(spec)
     label = spec.customer_label
-    windows = sorted(
-        {parse_duration(w.long) for w in spec.impact.windows}
-        | {parse_duration(w.short) for w in spec.impact.windows}
-        | {parse_duration(spec.window)}
-    )
+    impact_windows = {parse_duration(w.long) for w in spec.impact.windows} | {
+        parse_duration(w.short) for w in spec.impact.windows
+    }
+    budget = parse_duration(spec.window)
+    windows = sorted(impact_windows | {budget})
     queries: dict[str, str] = {}
     for w in windows:
         queries[total_key(w)] = _rate(total, label, w)
@@ -100,4 +104,5 @@ def plan_queries(spec: CustomerSLOSpec) -> QueryPlan:
         windows=tuple(windows),
         required_families=tuple(sorted(f for f in required if f)),
         optional_families=tuple(sorted(f for f in optional if f)),
+        budget_only=frozenset() if budget in impact_windows else frozenset({total_key(budget), bad_key(budget)}),
     )
