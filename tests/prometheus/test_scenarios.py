@@ -200,3 +200,24 @@ def test_prometheus_down_keeps_the_last_impact(
     assert (ready["status"], ready["reason"]) == ("False", "PrometheusUnavailable")
     assert after["impactedCustomers"] == 20 and after["severity"] == "critical"
     assert after["incident"] == before["incident"]
+
+
+def test_operator_reuses_only_budget_window_results(scenario_prometheus: PrometheusServer) -> None:
+    import asyncio
+
+    from patron.impact.queries import plan_queries
+
+    spec = parse_spec(manifest("healthy", window="7d")["spec"])
+    plan = plan_queries(spec)
+    assert plan.budget_only == {"total[604800]", "bad[604800]"}
+    prom = Prometheus(scenario_prometheus.url)
+    sent: list[str] = []
+    query = prom.query
+    prom.query = lambda promql, at=None: sent.append(promql) or query(promql, at)  # type: ignore[method-assign]
+    first = asyncio.run(prom.run_async(plan))
+    second = asyncio.run(prom.run_async(plan))
+    assert len(sent) == len(plan.queries) + len(plan.queries) - 2
+    assert first.keys() == second.keys() == plan.queries.keys()
+    assert second["total[604800]"] == first["total[604800]"]
+    # A budget window that is also an impact window is never reused.
+    assert plan_queries(parse_spec(manifest("healthy", window="1h")["spec"])).budget_only == frozenset()
