@@ -140,8 +140,8 @@ def forbidden_lines(log: str) -> list[str]:
     [
         {},
         {"watchNamespaces": ["LISTED"], "alertmanagerUrls": ["http://am:9093"], "dryRun": True, "logFormat": "json"},
-        {"peering": {"enabled": True, "name": "patron-dry"}, "replicas": 2},
-        {"watchNamespaces": ["LISTED"], "peering": {"enabled": True, "name": "patron-dry"}, "replicas": 2},
+        {"peering": {"enabled": True, "name": "patron-dry"}},
+        {"watchNamespaces": ["LISTED"], "peering": {"enabled": True, "name": "patron-dry"}},
     ],
     ids=["all namespaces", "listed namespaces", "peering, all namespaces", "peering, listed namespaces"],
 )
@@ -457,7 +457,7 @@ def test_cluster_wide_install_with_peering_serves_with_its_token(
         helm(
             testbed, "install", name, str(CHART), "--namespace", ns,
             "--set", f"prometheusUrl={scenario_prometheus.url}",
-            "--set", "peering.enabled=true", "--set", f"peering.name={peering}", "--set", "replicas=2",
+            "--set", "peering.enabled=true", "--set", f"peering.name={peering}",
         )  # fmt: skip
         kubeconfig = service_account_kubeconfig(testbed, ns, name, tmp_path / "kubeconfig")
         assert kubectl_as(testbed, kubeconfig, "auth", "can-i", "list", "secrets", "-A").stdout.strip() == "no"
@@ -517,18 +517,21 @@ def test_upgrade_with_changed_values_then_uninstall_leaves_only_the_crds(testbed
         helm(testbed, "install", name, str(CHART), "-n", ns, "--set", f"watchNamespaces={{{first}}}")
         assert testbed.kubectl("get", "role", name, "-n", first, "-o", "name").stdout.strip()
 
-        # Upgrade: a second namespace, dry run, JSON logs, HA.
+        # Upgrade: a second namespace, dry run, JSON logs, peering, more memory.
         helm(
             testbed, "upgrade", name, str(CHART), "-n", ns, "--reuse-values",
             "--set", f"watchNamespaces={{{first},{second}}}", "--set", "dryRun=true", "--set", "logFormat=json",
-            "--set", "peering.enabled=true", "--set", "replicas=2",
+            "--set", "peering.enabled=true", "--set", "resources.limits.memory=512Mi",
         )  # fmt: skip
         deployment = get_json(testbed, "deployment", name, "-n", ns)
-        env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["PATRON_NAMESPACES"] == f"{first},{second}"
         assert (env["PATRON_DRY_RUN"], env["PATRON_LOG_FORMAT"], env["PATRON_PEERING"]) == ("true", "json", "patron")
-        assert deployment["spec"]["replicas"] == 2
-        wait_for(lambda: len(scheduled_pods(testbed, ns, name)) >= 2, 60, "two operator pods scheduled")
+        assert container["resources"]["limits"]["memory"] == "512Mi"
+        assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"  # with peering; Recreate without
+        assert deployment["metadata"]["generation"] == 2
+        wait_for(lambda: scheduled_pods(testbed, ns, name), 60, "the upgraded operator pod scheduled")
         for watched in (first, second):
             objects = testbed.kubectl("get", "role,rolebinding,kopfpeering", "-n", watched, "-o", "name").stdout.split()
             assert sorted(objects) == [
