@@ -68,7 +68,8 @@ spawn() {
   shift
   log=$(log_file "$name")
   echo "==== $(date -u +%FT%TZ) starting: $*" >>"$log"
-  setsid "$@" </dev/null >>"$log" 2>&1 &
+  # 8>&-: the component must not inherit (and so hold) the lock of lock_state.
+  setsid "$@" </dev/null >>"$log" 2>&1 8>&- &
   echo $! >"$(pid_file "$name")"
 }
 
@@ -443,12 +444,22 @@ cmd_start() {
   for name in "$@"; do wait_ready "$name"; done
 }
 
+# Commands that change the test bed run one at a time per state directory. The lock file lives
+# outside the state directory, which `down` deletes.
+lock_state() {
+  exec 8>"${TMPDIR:-/tmp}/patron-testbed-lock-$(echo "$STATE" | sha256sum | cut -c1-12)"
+  flock 8
+}
+
 usage() {
   echo "usage: $0 up | down | env | status | stop NAME... | start NAME... | restart NAME..." >&2
   echo "components: ${COMPONENTS[*]}" >&2
   exit 2
 }
 
+case "${1:-}" in
+  up | down | stop | start | restart) lock_state ;;
+esac
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
