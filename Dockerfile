@@ -12,7 +12,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml constraints.txt ./
+COPY pyproject.toml constraints.txt README.md ./
 COPY operator/ operator/
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/patron \

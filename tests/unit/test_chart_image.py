@@ -90,4 +90,4 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
         if word == "COPY" and not a.startswith("--from")
         for src in a.split()[:-1]
     }
-    assert copied == allowed == {"pyproject.toml", "constraints.txt", "operator"}
+    assert copied == allowed == {"pyproject.toml", "constraints.txt", "README.md", "operator"}
