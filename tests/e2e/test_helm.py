@@ -377,19 +377,7 @@ def replicas(testbed: Testbed, ns: str) -> int:
     return int(get_json(testbed, "deployment", "web", "-n", ns)["spec"]["replicas"])
 
 
-def actions_ready() -> bool:
-    """The issue-4 actions are in the operator this test runs (another engineer builds them)."""
-    try:
-        from patron.actions import scale, throttle  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(
-    not actions_ready(), reason="issue 4 actions (throttle, scale) not in patron.actions yet", strict=False
-)
 def test_service_account_token_is_enough_to_act_and_revert(
     testbed: Testbed, release: Release, operator_as_service_account: OperatorProcess
 ) -> None:
