@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -41,6 +41,13 @@ def _load_manifest(path: str) -> dict[str, Any]:
     return slos[0]
 
 
+def _priority(value: str | None, peering: str | None) -> int:
+    """Kopf peering priority: given, else random among replicas (Kopf pauses peers of equal priority)."""
+    if value:
+        return int(value)
+    return secrets.randbelow(32767) + 1 if peering else 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import kopf
     from prometheus_client import start_http_server
@@ -58,12 +65,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address,
         liveness_endpoint=args.liveness,
         peering=args.peering or None,
+        priority=_priority(args.priority, args.peering),
     )
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":%(message)r}'
-        if args.log_format == "json"
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    # Kopf's own formatters: FULL for people, JSON (one object per line, with the object's
+    # namespace/name) for log pipelines.
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
+        log_refkey="k8s" if args.log_format == "json" else None,
     )
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.metrics_address)
@@ -71,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         kopf.operator(
             standalone=config.peering is None,
             peering_name=config.peering,
+            priority=config.priority,
             clusterwide=not config.namespaces,
             namespaces=list(config.namespaces),
             liveness_endpoint=config.liveness_endpoint,
@@ -229,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
     )
     run.add_argument("--peering", default=os.environ.get("PATRON_PEERING"), help="Kopf peering name (HA)")
+    run.add_argument(
+        "--priority",
+        default=os.environ.get("PATRON_PRIORITY"),
+        help="Kopf peering priority; the highest live peer works, the others stand by (default: random with --peering)",
+    )
     run.add_argument("--log-format", choices=("plain", "json"), default=os.environ.get("PATRON_LOG_FORMAT", "plain"))
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)

@@ -16,6 +16,7 @@ class OperatorConfig:
     prometheus_timeout: float = 10.0
     liveness_endpoint: str | None = None
     peering: str | None = None  # None: standalone (one replica); a name: Kopf peering for HA
+    priority: int = 0  # Kopf peering priority; replicas must differ, or Kopf pauses them all
 
 
 def split_list(values: list[str] | None) -> tuple[str, ...]:

@@ -47,6 +47,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 30
     settings.watching.server_timeout = 300
     config: OperatorConfig = memo.config
+    # Plain namespace names need no namespace listing (and no RBAC on namespaces): without this,
+    # Kopf retries listing them for about a minute before falling back to exactly those names.
+    if config.namespaces and not any(set("*?!,") & set(ns) for ns in config.namespaces):
+        settings.scanning.disabled = True
     memo.prometheus = Prometheus(config.prometheus_url, timeout=config.prometheus_timeout)
     memo.kube = Kube(api_client())
     memo.alerts = AlertmanagerClient(config.alertmanager_urls) if config.alertmanager_urls else None

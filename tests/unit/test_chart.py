@@ -276,12 +276,12 @@ def test_more_than_one_replica_needs_peering() -> None:
     assert "replicas=2 needs peering.enabled=true" in result.stderr, result.stderr
 
 
-def test_more_than_one_replica_is_refused_until_replicas_get_distinct_priorities() -> None:
-    """Kopf pauses all peers of equal priority (checked on the test bed: two `patron run --peering`
-    processes both paused and never evaluated); `patron run` has no per-replica priority yet."""
-    result = helm("template", RELEASE, str(CHART), values={"replicas": 3, "peering": {"enabled": True}}, check=False)
-    assert result.returncode != 0
-    assert "replicas=3 is not supported yet: Kopf pauses every peer" in result.stderr, result.stderr
+def test_replicas_with_peering_join_one_peering() -> None:
+    """Each replica's `patron run --peering` picks a random Kopf priority: one works, the rest stand by."""
+    deployment = one(render({"replicas": 3, "peering": {"enabled": True}}), "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PATRON_PEERING"] and "PATRON_PRIORITY" not in env
     assert one(render({"replicas": 0}), "Deployment")["spec"]["replicas"] == 0
 
 

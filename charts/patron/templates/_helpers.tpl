@@ -45,10 +45,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (gt $replicas 1) (not .Values.peering.enabled) -}}
 {{- fail (printf "replicas=%d needs peering.enabled=true: without Kopf peering every replica would act on every CustomerSLO. Set --set peering.enabled=true, or replicas=1." $replicas) -}}
 {{- end -}}
-{{- /* Lift this check once `patron run` gives each replica its own Kopf priority. */ -}}
-{{- if gt $replicas 1 -}}
-{{- fail (printf "replicas=%d is not supported yet: Kopf pauses every peer that sees another with the same priority, and patron run does not give replicas distinct priorities, so extra replicas would stop Patron entirely. Use replicas=1 (a restarted pod resumes from the state in the API)." $replicas) -}}
-{{- end -}}
 {{- end -}}
 
 {{/*
