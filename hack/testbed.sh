@@ -260,7 +260,8 @@ component_command() {
       need_debian /usr/bin/prometheus prometheus
       CMD=(/usr/bin/prometheus --config.file="$PROM_DIR/prometheus.yml"
         --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" --web.enable-lifecycle --web.enable-admin-api
-        --storage.tsdb.path="$PROM_DIR/data" --storage.tsdb.retention.time=1d)
+        --storage.tsdb.path="$PROM_DIR/data" --storage.tsdb.retention.time=1d
+        --rules.alert.resend-delay=1s)
       ;;
     alertmanager)
       need_debian /usr/bin/prometheus-alertmanager prometheus-alertmanager

@@ -177,6 +177,20 @@ def test_alert_posted_to_alertmanager_reaches_receiver(testbed: Testbed) -> None
     assert any(a["labels"].get("token") == token for p in served for a in p["alerts"])
 
 
+def test_prometheus_rule_alert_reaches_receiver(testbed: Testbed) -> None:
+    token = secrets.token_hex(4)
+    rule_file = testbed.rules_dir / f"smoke-{token}.yml"
+    rule = {"alert": "TestbedRuleSmoke", "expr": "vector(1)", "labels": {"token": token}}
+    rule_file.write_text(json.dumps({"groups": [{"name": f"smoke-{token}", "rules": [rule]}]}))
+    try:
+        http_json(f"{testbed.prometheus_url}/-/reload", body={})
+        # Prometheus discovers its Alertmanager up to 5 s after a reload; the rule resends every 1 s.
+        wait_for("the rule's alert in the receiver log", lambda: _alerts_with_token(testbed, token))
+    finally:
+        rule_file.unlink()
+        http_json(f"{testbed.prometheus_url}/-/reload", body={})
+
+
 def _port_open(url: str) -> bool:
     host, port = urllib.parse.urlsplit(url).netloc.split(":")
     with socket.socket() as s:
