@@ -87,8 +87,13 @@ class World:
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
 
     def get(self, kind: str, name: str) -> dict[str, Any]:
-        out: dict[str, Any] = json.loads(self.kubectl("get", kind, name, "-o", "json").stdout)
+        out: dict[str, Any] = json.loads(self.kubectl("get", kind, name, "-o", "json", "--show-managed-fields").stdout)
         return out
+
+    def managers(self, kind: str, name: str) -> set[tuple[str, str, str]]:
+        """(manager, operation, subresource) of every managedFields entry."""
+        fields = self.get(kind, name)["metadata"].get("managedFields") or []
+        return {(m["manager"], m["operation"], m.get("subresource", "")) for m in fields}
 
     def status(self, name: str = "checkout") -> dict[str, Any]:
         return dict(self.get("cslo", name).get("status") or {})
