@@ -141,6 +141,8 @@ def world_fixture(testbed: Any, namespace: str, patron_crd: str, tmp_path: Path)
         yield w
     finally:
         if w.operator is not None:
+            # Deleted while the operator runs: it releases what it holds, then the finalizer goes.
+            w.kubectl("delete", "cslo", "--all", "--timeout=60s", check=False)
             w.operator.stop()
             print(w.log_tail())
         exporter.stop()

@@ -98,6 +98,20 @@ def test_undo_sets_the_previous_template_without_its_hash() -> None:
     assert [e.message for e in events(plan.steps)] == ["Rollback Deployment/web: released: no impact for 20s"]
 
 
+def test_an_undo_is_not_undone_even_when_the_reused_replica_set_is_recent() -> None:
+    """After an undo the newest revision (3) is the reused ReplicaSet of revision 1; when that one
+    is young too, it looks like a rollout just before the impact. Once per incident stops a flip-flop."""
+    tl = Timeline(make_spec({"rollback": ROLLBACK | {"mode": "undo"}}))
+    run(tl, BAD, deployment(rolled_out_ago=20))
+    revisions = (
+        Revision(3, T0 - timedelta(seconds=40), template("web:1", "aaa")),
+        Revision(2, T0 - timedelta(seconds=20), template("web:2", "bbb")),
+    )
+    tl.advance(2)
+    assert run(tl, BAD, DeploymentState("web", 3, False, revisions)).effects == ()
+    assert tl.records[0].revision == "2"
+
+
 def test_no_action_when_impact_began_before_or_long_after_the_rollout() -> None:
     tl = Timeline(make_spec({"rollback": ROLLBACK}))
     assert run(tl, BAD, deployment(rolled_out_ago=301)).steps == ()

@@ -1,7 +1,8 @@
 """Rollback: when impact began within `within` after the Deployment's newest rollout, pause it
 (`spec.paused`) or undo it (the pod template of the previous revision's ReplicaSet, without its
-pod-template-hash label, as `kubectl rollout undo` does). At most once per revision: the record
-keeps the revision, and the newest Rollback record per target is always retained.
+pod-template-hash label, as `kubectl rollout undo` does). At most once per revision (the record
+keeps the revision; the newest Rollback record per target is always retained) and at most once per
+incident: an undo is itself a new revision, and rolling back the rollback would flip-flop.
 
 The newest rollout is the owned ReplicaSet with the highest deployment.kubernetes.io/revision; its
 creationTimestamp is when it rolled out. (An undo reuses the old ReplicaSet, whose timestamp is
@@ -113,8 +114,9 @@ def plan(sit: Situation, deployments: Mapping[str, DeploymentState | None]) -> P
     ):
         return Plan(tuple(steps.values()))
     before = sit.previous(key)
-    if before is not None and before.revision == str(newest.number):
-        return Plan(tuple(steps.values()))  # once per revision
+    decided = at(before.since) if before is not None else None
+    if before is not None and (before.revision == str(newest.number) or (decided and decided >= started)):
+        return Plan(tuple(steps.values()))  # once per revision, and once per incident
     new = new.model_copy(update={"revision": str(newest.number)})
     why = f"impact began {int((started - newest.created).total_seconds())}s after revision {newest.number} rolled out"
     guard = {"op": "test", "path": "/metadata/generation", "value": dep.generation}
@@ -176,6 +178,3 @@ async def _read(k8s: K8s, namespace: str, name: str) -> DeploymentState | None:
 async def execute(k8s: K8s, namespace: str, effects: Sequence[Any]) -> None:
     for patch in effects:
         await k8s.json_patch(deployment_path(namespace, patch.name), list(patch.ops))
-
-
-__all__ = ["DeploymentState", "PatchDeployment", "Revision", "at", "execute", "observe", "plan", "undo_template"]
