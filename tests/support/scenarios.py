@@ -55,9 +55,10 @@ def openmetrics(
     duration: float = 7 * HOUR,
     step: float = 30.0,
     label: str = "customer",
+    histograms: bool = True,
 ) -> str:
-    """Counters http_requests_total{code=200|500} and histogram http_request_duration_seconds,
-    one set of series per (service, customer)."""
+    """Counters http_requests_total{code=200|500} and (unless `histograms` is off) the histogram
+    http_request_duration_seconds, one set of series per (service, customer)."""
     times = [end - duration + i * step for i in range(int(duration // step) + 1)]
     lines = ["# TYPE http_requests counter"]
     hist: list[str] = ["# TYPE http_request_duration_seconds histogram"]
@@ -82,7 +83,7 @@ def openmetrics(
             hist += [f'http_request_duration_seconds_bucket{{{base},le="{le:g}"}} {r}' for r in rows]
         hist += [f'http_request_duration_seconds_bucket{{{base},le="+Inf"}} {r}' for r in count_rows]
         hist += [f"http_request_duration_seconds_count{{{base}}} {r}" for r in count_rows]
-    return "\n".join([*lines, *hist, "# EOF", ""])
+    return "\n".join([*lines, *(hist if histograms else []), "# EOF", ""])
 
 
 def many(prefix: str, count: int, rps: float) -> Iterable[Customer]:
