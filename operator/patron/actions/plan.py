@@ -169,7 +169,8 @@ def revert(sit: Situation, record: ActionRecord, detail: str, message: str) -> S
     """Release a held action (state Reverted, since now). Under dry run nothing held is released,
     and a Skipped decision that lapses is dropped with an ActionSkipped Event."""
     if record.state == "Skipped":
-        return Step("skip", key_of(record), None, f"{record.detail}: no longer decided ({message})")
+        lapsed = f"dry run: would {message}" if sit.dry_run else f"{message} (it was not done: {record.detail})"
+        return Step("skip", key_of(record), None, lapsed)
     if sit.dry_run:
         return hold(record)
     update = {"state": "Reverted", "since": sit.stamp(), "detail": detail}

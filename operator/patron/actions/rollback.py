@@ -91,7 +91,7 @@ def plan(sit: Situation, deployments: Mapping[str, DeploymentState | None]) -> P
         if why:
             text = f"released: {why}"
             steps[("Rollback", record.target, None)] = revert(sit, record, text, f"Rollback {record.target}: {text}")
-    if sit.recovered and not sit.dry_run:
+    if sit.recovered:
         # Decisions not carried out (dry run, already paused) are kept as history: never twice per revision.
         for record in sit.of_type("Rollback", "Skipped"):
             update = {"state": "Reverted", "since": sit.stamp()}
