@@ -242,6 +242,7 @@ class Demo:
         self.api: Any = None
         self.seen_events: set[tuple[str, int]] = set()
         self.evaluated = False
+        self.firing: set[tuple[str, str, str]] = set()  # (alertname, severity, customer) delivered firing
         self.stories: list[tuple[str, Milestones, list[incidents.Mark]]] = []
 
     # ------------------------------------------------------------ helpers
@@ -258,10 +259,12 @@ class Demo:
         assert self.env is not None
         return self.sh(self.kubectl_bin, f"--kubeconfig={self.env['KUBECONFIG']}", *args, check=check, input=input)
 
-    def testbed(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def testbed(self, *args: str, check: bool = True, show: bool = False) -> subprocess.CompletedProcess[str]:
+        """hack/testbed.sh; with `show`, its progress (stderr: tool builds, components ready) goes to the terminal."""
         return subprocess.run(
             [str(TESTBED_SH), *args],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=None if show else subprocess.PIPE,
             text=True,
             check=check,
             env={**os.environ, "PATRON_TESTBED_DIR": str(self.state)},
@@ -293,14 +296,13 @@ class Demo:
                 continue
             pid = int(path.read_text().strip() or 0)
             if pid and self.ours(pid):
-                os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + 15
-                while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                    if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-                        break
-                    time.sleep(0.1)
-                if Path(f"/proc/{pid}").exists() and self.ours(pid):
-                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                    deadline = time.monotonic() + 15
+                    while _alive(pid) and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                    if _alive(pid) and self.ours(pid):
+                        os.kill(pid, signal.SIGKILL)
                 stopped.append(f"{name} (pid {pid})")
             path.unlink()
         return stopped
@@ -317,9 +319,8 @@ class Demo:
             if left:
                 out.line("k8s", f"stopped the previous demo's {', '.join(left)}")
         started = time.monotonic()
-        up = self.testbed("up", check=False)
-        if up.returncode != 0:
-            raise RuntimeError(f"hack/testbed.sh up failed:\n{up.stderr[-3000:]}")
+        if self.testbed("up", check=False, show=True).returncode != 0:
+            raise RuntimeError("hack/testbed.sh up failed (its messages are above)")
         self.env = Env.read(self.state)
         self.kubectl_bin = str(Path(self.env["PATRON_TOOLS_BIN"]) / "kubectl")
         self.work.mkdir(parents=True, exist_ok=True)
@@ -374,7 +375,7 @@ class Demo:
         out.line(
             "shop",
             f"capacity {state['capacity']:.0f} req/s = {state['replicas']} replicas x {SHOP_CAPACITY_PER_REPLICA:g} "
-            f"req/s; now {state['load']:.0f} req/s. Prometheus scrapes it every second",
+            "req/s. Prometheus scrapes it every second",
         )
 
     def install_patron(self) -> None:
@@ -428,7 +429,7 @@ class Demo:
             f"ServiceAccount {RELEASE_NAMESPACE}/{SERVICE_ACCOUNT}: may patch ConfigMaps in {NAMESPACE}: {may}; "
             f"in default: {elsewhere}",
         )
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(customer_slo()))
+        self.kubectl("apply", "-f", str(SLO_FILE))
         out.command("kubectl apply -f examples/demo-customerslo.yaml")
         health, metrics = free_port(), free_port()
         cmd = [
@@ -489,12 +490,13 @@ class Demo:
 
     # ------------------------------------------------------------ the story
 
-    async def monitor(self, ms: Milestones, storm_customer: str | None, done: asyncio.Event) -> None:
+    async def monitor(
+        self, ms: Milestones, kind: str, storm_customer: str | None, done: asyncio.Event, original_image: str
+    ) -> None:
         """Print what changes, once a second, until `done`."""
         out = self.out
         last: dict[str, Any] = {"throttle": None, "replicas": None, "image": None, "severity": None}
         last_traffic = 0.0
-        first_image = ""
         assert self.env is not None
         alert_log = Path(self.env["ALERT_LOG"])
         while not done.is_set():
@@ -563,15 +565,17 @@ class Demo:
                         ms.see("scale restored")
                 last["replicas"] = now["replicas"]
             if now["image"] != last["image"]:
-                if last["image"] is None:
-                    first_image = now["image"]
-                else:
-                    out.line("k8s", f"deployment/checkout pod template image: {last['image']} -> {now['image']}")
-                    if now["image"] == first_image and "rollout started" in ms.at:
+                before = last["image"] or original_image
+                if now["image"] != before:
+                    out.line("k8s", f"deployment/checkout pod template image: {before} -> {now['image']}")
+                    if now["image"] == original_image and "rollout started" in ms.at:
                         ms.see("rolled back")
                 last["image"] = now["image"]
             others = shop["others"]
-            if "impact detected" in ms.at and others["errorRatio"] < 0.01 and ms.see("errors under the objective"):
+            healed = any(
+                k in ms.at for k in (("rolled back",) if kind == "rollout" else ("throttle written", "scaled up"))
+            )
+            if healed and others["errorRatio"] < 0.01 and ms.see("errors under the objective"):
                 who = f"everyone but {storm_customer}" if storm_customer else "every tier"
                 out.line(
                     "shop",
@@ -626,31 +630,56 @@ class Demo:
         self.out.line("shop", text)
 
     def show_alerts(self, alerts: list[dict[str, Any]], ms: Milestones) -> None:
-        slo_alerts = [a for a in alerts if a.get("labels", {}).get("alertname") == "CustomerImpact"]
-        per_customer = [a for a in alerts if a.get("labels", {}).get("alertname") == "CustomerImpacted"]
-        for a in slo_alerts:
-            labels, notes = a["labels"], a.get("annotations", {})
-            if a.get("status") == "firing":
-                if ms.see("alert received"):
-                    self.out.line(
-                        "alerts",
-                        f"Alertmanager -> receiver: CustomerImpact {labels.get('severity')} firing: "
-                        + notes.get("summary", ""),
-                    )
-                    self.out.block(f"impacted_customers: {notes.get('impacted_customers', '')[:200]}")
-            elif a.get("status") == "resolved" and "alert received" in ms.at and ms.see("alert resolved"):
-                self.out.line("alerts", "Alertmanager -> receiver: CustomerImpact resolved")
-        firing = sorted({a["labels"].get("customer", "") for a in per_customer if a.get("status") == "firing"})
-        resolved = sorted({a["labels"].get("customer", "") for a in per_customer if a.get("status") == "resolved"})
-        if firing and ms.see("per-customer alerts"):
+        """What Alertmanager delivered to the receiver: changes only (it re-notifies rarely, but may)."""
+        new_slo, gone_slo, new_customers, gone_customers = [], [], [], []
+        for a in alerts:
+            labels = a.get("labels", {})
+            name = labels.get("alertname", "")
+            if name not in ("CustomerImpact", "CustomerImpacted"):
+                continue
+            key = (name, labels.get("severity", ""), labels.get("customer", ""))
+            slo = name == "CustomerImpact"
+            if a.get("status") == "firing" and key not in self.firing:
+                self.firing.add(key)
+                (new_slo if slo else new_customers).append(a)
+            elif a.get("status") == "resolved" and key in self.firing:
+                self.firing.discard(key)
+                (gone_slo if slo else gone_customers).append(a)
+        for a in new_slo:
+            notes = a.get("annotations", {})
             self.out.line(
                 "alerts",
-                f"{len(firing)} CustomerImpacted alerts firing, one per customer (for outreach): "
-                + ", ".join(firing[:8])
-                + (" ..." if len(firing) > 8 else ""),
+                f"Alertmanager -> receiver: CustomerImpact {a['labels'].get('severity')} firing: "
+                + notes.get("summary", ""),
             )
-        if resolved and "per-customer alerts" in ms.at and not firing and ms.see("per-customer alerts resolved"):
-            self.out.line("alerts", f"{len(resolved)} CustomerImpacted alerts resolved")
+            self.out.block(f"impacted_customers: {notes.get('impacted_customers', '')[:200]}")
+            ms.see("alert received")
+        for a in gone_slo:
+            still = sorted(k[1] for k in self.firing if k[0] == "CustomerImpact")
+            then = f" (superseded: {', '.join(still)} firing)" if still else ""
+            self.out.line(
+                "alerts", f"Alertmanager -> receiver: CustomerImpact {a['labels'].get('severity')} resolved{then}"
+            )
+            if not still:
+                ms.see("alert resolved")
+        firing = sum(1 for k in self.firing if k[0] == "CustomerImpacted")
+        if new_customers:
+            names = sorted({a["labels"].get("customer", "") for a in new_customers})
+            self.out.line(
+                "alerts",
+                f"{len(names)} CustomerImpacted alerts firing, one per customer (for outreach): "
+                + ", ".join(names[:8])
+                + (" ..." if len(names) > 8 else ""),
+            )
+            ms.see("per-customer alerts")
+        if gone_customers:
+            self.out.line(
+                "alerts",
+                f"{len(gone_customers)} CustomerImpacted alerts resolved"
+                + (f", {firing} still firing" if firing else ""),
+            )
+            if not firing:
+                ms.see("per-customer alerts resolved")
 
     async def wait_story_end(self, ms: Milestones, kind: str, began: float) -> None:
         """After the script: until this story's incident is over and Patron holds no action any more."""
@@ -700,7 +729,8 @@ class Demo:
                 self.problems.append(f"{name}: {mark.what}")
 
         runner.on_mark = on_mark
-        monitor = asyncio.ensure_future(self.monitor(ms, storm_customer, done))
+        original_image = (await asyncio.to_thread(self.read))["image"]
+        monitor = asyncio.ensure_future(self.monitor(ms, name, storm_customer, done, original_image))
         try:
             await runner.run(script)
             await self.wait_story_end(ms, name, began)
@@ -764,6 +794,7 @@ Everything keeps running. Explore:
   the shop      {self.shop_url}/admin/state
                 start a storm: curl -XPOST {self.shop_url}/admin/customers/bigbot -d '{{"mode":"storm","factor":10}}'
                 end it:        curl -XPOST {self.shop_url}/admin/customers/bigbot -d '{{"mode":"normal"}}'
+  Patron        its own metrics: {(self.work / "operator.url").read_text().strip()}
   logs          {self.work}/operator.log, {self.work}/shop.log
 Stop everything:  make demo DEMO_ARGS=down   (or hack/demo.sh down)""",
             flush=True,
@@ -800,7 +831,7 @@ Stop everything:  make demo DEMO_ARGS=down   (or hack/demo.sh down)""",
             self.install_patron()
             for name in incidents_to_play:
                 asyncio.run(self.play(name))
-            self.report()
+                self.report()
             self.summary()
             ok = not self.problems
         except KeyboardInterrupt:
@@ -841,6 +872,14 @@ Stop everything:  make demo DEMO_ARGS=down   (or hack/demo.sh down)""",
             print(f"{name:<9} {'pid ' + str(pid) if running else 'not running'}")
         print(self.testbed("status", check=False).stdout, end="")
         return 0 if alive == 2 else 1
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _interrupt(signum: int, frame: Any) -> None:

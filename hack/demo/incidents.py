@@ -4,7 +4,7 @@ A script (hack/demo/incidents/*.yaml) is a list of steps. Each step may, in this
 
 - `wait`: `warmup` (until the shop has run for the warm-up the CustomerSLO needs), a duration
   (`40s`, `2m`), or a condition: `{throttled: CUSTOMER}`, `{unthrottled: CUSTOMER}` (as the shop
-  enforces the ratelimit config), `{rolledBack: true}` (no ReplicaSet with replicas runs a faulty template);
+  enforces the ratelimit config), `{rolledBack: true}` (a faulty pod template served, and now none does);
   `timeout` bounds a condition (default 5m). A wait that times out is recorded as failed and the
   script goes on, so the demo always ends;
 - `say`: a sentence for the audience;
@@ -175,13 +175,18 @@ class Runner:
             name = wait["unthrottled"]
             return f"{name} unthrottled", lambda: name not in self.shop_state()["limits"]
         if isinstance(wait, dict) and wait.get("rolledBack"):
-            return "rolled back", self._rolled_back
-        raise ValueError(f"unknown wait {wait!r}")
+            seen = {"fault": False}
 
-    def _rolled_back(self) -> bool:
-        versions = self.shop_state()["versions"]
-        serving = [v for v in versions if v["replicas"] > 0]
-        return bool(serving) and not any(v["fault_tier"] for v in serving)
+            def rolled_back() -> bool:
+                """A faulty pod template served, and now none does."""
+                serving = [v for v in self.shop_state()["versions"] if v["replicas"] > 0]
+                if any(v["fault_tier"] for v in serving):
+                    seen["fault"] = True
+                    return False
+                return seen["fault"] and bool(serving)
+
+            return "rolled back", rolled_back
+        raise ValueError(f"unknown wait {wait!r}")
 
     async def wait(self, step: Step) -> None:
         if step.wait is None:

@@ -98,9 +98,10 @@ class Customer:
 
 def catalogue(seed: int) -> list[Customer]:
     """The demo's customers: 4 enterprise, 36 standard (bigbot among them), 10 trial, and a synthetic
-    probe (which CustomerSLOs ignore). Rates vary +-40% around each tier's, from the seed."""
+    probe (which CustomerSLOs ignore). Rates vary around each tier's, from the seed. Patience (5xx in a
+    row before giving up): enterprise integrations 20, standard 5, trial 3."""
     rng = random.Random(f"catalogue/{seed}")
-    out = [Customer(n, "enterprise", round(rng.uniform(2.0, 3.0), 2), 8) for n in ENTERPRISE]
+    out = [Customer(n, "enterprise", round(rng.uniform(2.0, 3.0), 2), 20) for n in ENTERPRISE]
     out += [Customer(n, "standard", round(rng.uniform(0.3, 0.7), 2), 5) for n in STANDARD]
     out.append(Customer(BIGBOT, "standard", 3.0, 5))
     out += [Customer(n, "trial", round(rng.uniform(0.2, 0.3), 2), 3) for n in TRIAL]
@@ -129,7 +130,8 @@ def parse_limits(
 
     Top-level descriptors with key `descriptor_key` count: with a `value`, for that customer; without
     one, for every customer (each has its own counter). `unlimited: true` removes a limit. Where two
-    keys limit the same customer, the lower limit wins. Returns (limits, problems)."""
+    keys limit the same customer, the lower limit wins. (A real ratelimit service refuses two files of
+    one domain unless it runs with MERGE_DOMAIN_CONFIG=true.) Returns (limits, problems)."""
     limits: dict[str | None, Limit] = {}
     problems: list[str] = []
     for key in sorted(data):
