@@ -24,7 +24,8 @@ import urllib.parse
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,10 @@ class Sample:
     at: float  # wall-clock seconds
     throttle: str | None  # the ConfigMap key's content
     replicas: int
+    image: str
+    fault: str | None  # the pod template's demo.patron.dev/fault annotation
     severity: str
+    impacted: list[dict[str, Any]]
     actions: list[dict[str, Any]]
     incident: dict[str, Any]
 
@@ -95,12 +99,16 @@ class Recorder:
                 pass
             else:
                 status = slo.get("status") or {}
+                template = dep.spec.template
                 self.samples.append(
                     Sample(
                         at=time.time(),
                         throttle=(cm.data or {}).get(KEY),
                         replicas=dep.spec.replicas,
+                        image=template.spec.containers[0].image,
+                        fault=(template.metadata.annotations or {}).get(incidents.FAULT_ANNOTATION),
                         severity=status.get("severity", ""),
+                        impacted=status.get("impacted") or [],
                         actions=status.get("actions") or [],
                         incident=status.get("incident") or {},
                     )
@@ -120,6 +128,11 @@ class Recorder:
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def ended_at(sample: Sample) -> float:
+    """status.incident.ended as seconds since the epoch."""
+    return datetime.fromisoformat(sample.incident["ended"].replace("Z", "+00:00")).timestamp()
+
+
 def throttled(sample: Sample) -> list[str]:
     if not sample.throttle:
         return []
@@ -135,9 +148,11 @@ def prom_query(url: str, query: str, at: float) -> list[dict[str, Any]]:
     return result
 
 
-def worst_error_ratio(url: str, namespace: str, at: float, window: str = "20s") -> tuple[float, str]:
-    """The highest error ratio over `window` among the customers other than the stormer, and whose."""
-    sel = f'service="checkout",namespace="{namespace}",customer!="{STORMER}",customer!~"synthetic-.*"'
+def worst_error_ratio(
+    url: str, namespace: str, at: float, window: str = "20s", customers: str = f'customer!="{STORMER}"'
+) -> tuple[float, str]:
+    """The highest error ratio over `window` among `customers` (default: all but the stormer), and whose."""
+    sel = f'service="checkout",namespace="{namespace}",{customers},customer!~"synthetic-.*"'
     query = (
         f'sum by (customer) (rate(http_requests_total{{{sel},code=~"5.."}}[{window}]))'
         f" / sum by (customer) (rate(http_requests_total{{{sel}}}[{window}]))"
@@ -145,6 +160,43 @@ def worst_error_ratio(url: str, namespace: str, at: float, window: str = "20s") 
     rows = [(float(r["value"][1]), r["metric"].get("customer", "")) for r in prom_query(url, query, at)]
     rows = [r for r in rows if not math.isnan(r[0])]
     return max(rows, default=(0.0, ""))
+
+
+def assert_no_flips(api: Any, namespace: str, samples: list[Sample]) -> dict[tuple[str, str, str], list[str]]:
+    """One incident, and no action flips more than once (no apply after a revert, at most one revert),
+    by Patron's Events and by the status.actions history. Returns the Events' history per action."""
+    events = action_events(api, namespace)
+    reasons = [r for _, r, _ in events]
+    assert reasons.count("ImpactStarted") == 1 and reasons.count("ImpactResolved") == 1, reasons
+    history: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for _, reason, message in events:
+        if reason in ("ActionApplied", "ActionReverted"):
+            m = EVENT_RE.match(message)
+            assert m, f"unparsed action event: {message}"
+            history[(m["type"], m["target"], m["customer"] or "")].append(reason)
+    for key, verbs in history.items():
+        reverted = [i for i, v in enumerate(verbs) if v == "ActionReverted"]
+        assert len(reverted) <= 1 and all(v == "ActionReverted" for v in verbs[reverted[0] :] if reverted), (
+            f"{key} flipped: {verbs}"
+        )
+    states: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for s in samples:
+        for a in s.actions:
+            seq = states[(a["type"], a["target"], a.get("customer", ""))]
+            if not seq or seq[-1] != a["state"]:
+                seq.append(a["state"])
+    for key, seq in states.items():
+        assert seq in (["Active"], ["Active", "Reverted"], ["Reverted"], ["Skipped"]), f"{key}: {seq}"
+    return history
+
+
+def alerts_received(alert_log: Path, namespace: str) -> list[dict[str, Any]]:
+    return [
+        a
+        for line in alert_log.read_text().splitlines()
+        for a in json.loads(line).get("alerts", [])
+        if a["labels"].get("namespace") == namespace and a["labels"].get("alertname") == "CustomerImpact"
+    ]
 
 
 def action_events(api: Any, namespace: str) -> list[tuple[float, str, str]]:
@@ -169,17 +221,21 @@ def shop(testbed: Any, namespace: str, tmp_path: Path) -> Iterator[str]:
     print((tmp_path / "shop.log").read_text()[-3000:])
 
 
-def test_storm_story(testbed: Any, namespace: str, shop: str, k8s_api: Any, tmp_path: Path) -> None:
-    slo = demo.customer_slo(namespace)
-    recovery = incidents.seconds(slo["spec"]["recovery"])
-    testbed.kubectl("apply", "-f", "-", input=yaml.safe_dump(slo))
-    operator = OperatorProcess(
+def operator_for(testbed: Any, namespace: str, tmp_path: Path) -> OperatorProcess:
+    return OperatorProcess(
         testbed.kubeconfig,
         testbed.prometheus_url,
         [namespace],
         tmp_path / "operator.log",
         alertmanager_urls=[testbed.alertmanager_url],
     )
+
+
+def test_storm_story(testbed: Any, namespace: str, shop: str, k8s_api: Any, tmp_path: Path) -> None:
+    slo = demo.customer_slo(namespace)
+    recovery = incidents.seconds(slo["spec"]["recovery"])
+    testbed.kubectl("apply", "-f", "-", input=yaml.safe_dump(slo))
+    operator = operator_for(testbed, namespace, tmp_path)
     recorder = Recorder(k8s_api, namespace)
     marks: dict[str, float] = {}
     runner = incidents.Runner(
@@ -247,45 +303,18 @@ def test_storm_story(testbed: Any, namespace: str, shop: str, k8s_api: Any, tmp_
     ended = recorder.first(lambda s: s.at > storm_started and s.incident.get("ended"))
     assert ended is not None
     assert lifted.at >= storm_ended
-    assert lifted.at - ended.at >= recovery - 2  # reverted after `recovery`, not before
+    assert lifted.at - ended_at(ended) >= recovery  # reverted after `recovery`, not before
     scaled = recorder.first(lambda s: s.at > storm_started and s.replicas > 3)
     assert scaled is not None and scaled.replicas == 5, "checkout was not scaled by one step of 2"
     assert restored.at >= ended.at
 
-    # 5. Nothing oscillates: one incident; no action flips more than once (no apply after a revert,
-    #    at most one revert), by Patron's Events and by the status.actions history.
-    events = action_events(k8s_api, namespace)
-    reasons = [r for _, r, _ in events]
-    assert reasons.count("ImpactStarted") == 1 and reasons.count("ImpactResolved") == 1, reasons
-    history: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-    for _, reason, message in events:
-        if reason in ("ActionApplied", "ActionReverted"):
-            m = EVENT_RE.match(message)
-            assert m, f"unparsed action event: {message}"
-            history[(m["type"], m["target"], m["customer"] or "")].append(reason)
+    # 5. Nothing oscillates: one incident, no action flips more than once.
+    history = assert_no_flips(k8s_api, namespace, samples)
     assert ("Throttle", "ConfigMap/ratelimit-config", STORMER) in history
     assert ("Scale", "Deployment/checkout", "") in history
-    for key, verbs in history.items():
-        reverted = [i for i, v in enumerate(verbs) if v == "ActionReverted"]
-        assert len(reverted) <= 1 and all(v == "ActionReverted" for v in verbs[reverted[0] :] if reverted), (
-            f"{key} flipped: {verbs}"
-        )
-    states: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-    for s in samples:
-        for a in s.actions:
-            seq = states[(a["type"], a["target"], a.get("customer", ""))]
-            if not seq or seq[-1] != a["state"]:
-                seq.append(a["state"])
-    for key, seq in states.items():
-        assert seq in (["Active"], ["Active", "Reverted"], ["Reverted"], ["Skipped"]), f"{key}: {seq}"
 
     # 6. Alertmanager received the SLO alert for this namespace, firing and then resolved.
-    received = [
-        a
-        for line in testbed.alert_log.read_text().splitlines()
-        for a in json.loads(line).get("alerts", [])
-        if a["labels"].get("namespace") == namespace and a["labels"].get("alertname") == "CustomerImpact"
-    ]
+    received = alerts_received(testbed.alert_log, namespace)
     assert [a for a in received if a["status"] == "firing"], "no CustomerImpact alert reached the receiver"
     assert [a for a in received if a["status"] == "resolved"], "the CustomerImpact alert was never resolved"
 
@@ -295,4 +324,97 @@ def test_storm_story(testbed: Any, namespace: str, shop: str, k8s_api: Any, tmp_
         f"scaled {scaled.at - storm_started:.0f}, others under objective {recovered_at - storm_started:.0f}, "
         f"storm ended {storm_ended - storm_started:.0f}, impact ended {ended.at - storm_started:.0f}, "
         f"throttle lifted {lifted.at - storm_started:.0f}, replicas restored {restored.at - storm_started:.0f}"
+    )
+
+
+ENTERPRISE = 'customer=~"acme|globex|initech|umbrella"'
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Patron issue (reported with issue 6): scale and rollback act in the same evaluation; scale runs first "
+    "and bumps the Deployment's metadata.generation, so rollback's JSON patch (guarded by a test of "
+    "/metadata/generation) fails with 422, and the failed decision is kept for that revision and never retried",
+)
+def test_rollout_story(testbed: Any, namespace: str, shop: str, k8s_api: Any, tmp_path: Path) -> None:
+    """hack/demo/incidents/rollout.yaml: checkout 1.5.0 fails every enterprise request; Patron sees only
+    enterprise customers impacted (critical by weight), undoes the rollout within `rollback.within`,
+    and releases the record after `recovery`; no throttle, nothing flips."""
+    slo = demo.customer_slo(namespace)
+    testbed.kubectl("apply", "-f", "-", input=yaml.safe_dump(slo))
+    operator = operator_for(testbed, namespace, tmp_path)
+    recorder = Recorder(k8s_api, namespace)
+    marks: dict[str, float] = {}
+    # The full warm-up although nothing storms: with less than `baseline` + the long window of history,
+    # every customer's baseline is underestimated and everyone looks storming (a Patron issue, reported).
+    runner = incidents.Runner(
+        shop_url=shop,
+        namespace=namespace,
+        warmup=demo.warmup_seconds(slo),
+        kube=k8s_api,
+        say=lambda text: print(f"[incident] {text}"),
+        on_mark=lambda m: marks.setdefault(m.kind, time.time()),
+    )
+    operator.start()
+    recorder.start()
+    try:
+        testbed.kubectl("wait", "-n", namespace, "--for=condition=Ready", "cslo/checkout", "--timeout=180s")
+        original = recorder.wait(lambda s: True, 30, "a first sample").image
+        script = incidents.load("rollout")
+        # Patron undoes within seconds of the impact: 90 s is plenty (the demo waits longer).
+        steps = tuple(replace(st, timeout=90) if st.wait == {"rolledBack": True} else st for st in script.steps)
+        asyncio.run(runner.run(replace(script, steps=steps)))
+        assert all(m.ok for m in runner.marks), [m for m in runner.marks if not m.ok]
+        rolled_out_at = marks["action"]  # the only action of the script: the rollout
+
+        def released(s: Sample) -> bool:
+            rollback = [a for a in s.actions if a["type"] == "Rollback"]
+            return bool(rollback) and all(a["state"] == "Reverted" for a in rollback) and s.replicas == 3
+
+        done = recorder.wait(released, 240, "the rollback record to be released after recovery")
+        time.sleep(5)
+    finally:
+        recorder.close()
+        operator.stop()
+    samples = recorder.samples
+    log = operator.log()
+
+    # 1. Only the enterprise tier was hurt, and that made it critical (4 of 50 customers, by weight).
+    hurt = [s for s in samples if s.at > rolled_out_at and s.severity in ("warning", "critical")]
+    assert hurt, f"Patron saw no impact\n{log[-3000:]}"
+    tiers = {i["tier"] for s in hurt for i in s.impacted}
+    assert tiers == {"enterprise"}, tiers
+    assert any(s.severity == "critical" for s in hurt)
+
+    # 2. The rollout was undone (the previous pod template, without the fault), once, within a minute.
+    undone = recorder.first(lambda s: s.at > rolled_out_at and s.image == original and not s.fault)
+    assert undone is not None, f"the rollout was never undone\n{log[-3000:]}"
+    assert undone.at - rolled_out_at < 60
+    events = action_events(k8s_api, namespace)
+    rollbacks = [m for _, r, m in events if r == "ActionApplied" and m.startswith("Rollback")]
+    assert len(rollbacks) == 1 and "undone: revision 2 -> template of revision 1" in rollbacks[0], rollbacks
+    assert all(s.image == original and not s.fault for s in samples if s.at >= undone.at)
+
+    # 3. Enterprise requests succeed again once the undo is served (customers who gave up come back later).
+    recovered = None
+    for t in range(int(undone.at), int(done.at)):
+        ratio, _ = worst_error_ratio(testbed.prometheus_url, namespace, t, customers=ENTERPRISE)
+        if ratio < ALLOWED_ERROR_RATIO:
+            recovered = t
+            break
+    assert recovered is not None, "enterprise customers kept failing after the undo"
+
+    # 4. No storm, so no throttle; the rollback record is released only `recovery` after the impact ended.
+    assert not any(s.throttle for s in samples)
+    ended = recorder.first(lambda s: s.at > rolled_out_at and s.incident.get("ended"))
+    assert ended is not None and done.at - ended_at(ended) >= incidents.seconds(slo["spec"]["recovery"])
+
+    # 5. One incident; nothing flips.
+    history = assert_no_flips(k8s_api, namespace, samples)
+    assert ("Rollback", "Deployment/checkout", "") in history
+    print(
+        "timeline (s after the rollout): "
+        f"impact {hurt[0].at - rolled_out_at:.0f}, undone {undone.at - rolled_out_at:.0f}, "
+        f"enterprise under objective {recovered - rolled_out_at:.0f}, impact ended {ended.at - rolled_out_at:.0f}, "
+        f"released {done.at - rolled_out_at:.0f}"
     )
