@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,6 +39,7 @@ from patron.actions.plan import (
     parse_records,
 )
 from patron.api.models import CustomerSLOSpec
+from patron.api.status import ActionRecord
 from patron.config import OperatorConfig
 from patron.impact.assess import Assessment
 from patron.kube import Kube
@@ -98,8 +99,8 @@ def _situation(
     context: ActionContext,
     spec: CustomerSLOSpec,
     assessment: Assessment | None,
-    incident: Any,
-    records: tuple[Any, ...],
+    incident: Mapping[str, Any] | None,
+    records: tuple[ActionRecord, ...],
     releasing: bool,
 ) -> Situation:
     meta = context.obj["metadata"]
@@ -203,7 +204,7 @@ def _error(err: Exception) -> str:
 def _finish(
     context: ActionContext,
     outcome: Outcome,
-    records: Sequence[Any],
+    records: Sequence[ActionRecord],
     action_events: Sequence[Event],
     notes: Sequence[str],
 ) -> Outcome:
