@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tests.unit.test_actions_plan import T0, Timeline, assessment, customer, make_spec
 
 from patron.actions import rollback
-from patron.actions.plan import events, merge
+from patron.actions.plan import events, failed, merge
 from patron.actions.rollback import DeploymentState, Revision, undo_template
 
 ROLLBACK = {"target": {"name": "web"}, "within": "5m", "mode": "pause", "minSeverity": "warning"}
@@ -24,10 +24,10 @@ def template(image: str, hash_: str) -> dict[str, object]:
     }
 
 
-def deployment(paused: bool = False, rolled_out_ago: float = 60, generation: int = 2) -> DeploymentState:
+def deployment(paused: bool = False, rolled_out_ago: float = 60) -> DeploymentState:
     return DeploymentState(
         name="web",
-        generation=generation,
+        template=template("web:2", "bbb"),
         paused=paused,
         revisions=(
             Revision(1, T0 - timedelta(days=1), template("web:1", "aaa")),
@@ -48,7 +48,7 @@ def test_impact_soon_after_a_rollout_pauses_it_once() -> None:
     plan = run(tl, BAD, deployment())
     (patch,) = plan.effects
     assert patch.ops == (
-        {"op": "test", "path": "/metadata/generation", "value": 2},
+        {"op": "test", "path": "/spec/template", "value": template("web:2", "bbb")},
         {"op": "add", "path": "/spec/paused", "value": True},
     )
     (rec,) = tl.records
@@ -56,11 +56,11 @@ def test_impact_soon_after_a_rollout_pauses_it_once() -> None:
     assert rec.detail == "paused at revision 2: impact began 60s after revision 2 rolled out"
     # A person resumes it; impact goes on: never twice for revision 2.
     tl.advance(10)
-    plan = run(tl, BAD, deployment(paused=False, generation=4))
+    plan = run(tl, BAD, deployment(paused=False))
     assert plan.effects == ()
     assert [e.message for e in events(plan.steps)] == ["Rollback Deployment/web: released: the Deployment was resumed"]
     tl.advance(10)
-    assert run(tl, BAD, deployment(paused=False, generation=4)).effects == ()
+    assert run(tl, BAD, deployment(paused=False)).effects == ()
 
 
 def test_pause_is_held_after_recovery_until_someone_resumes() -> None:
@@ -88,7 +88,7 @@ def test_undo_sets_the_previous_template_without_its_hash() -> None:
         Revision(3, T0 - timedelta(days=1), template("web:1", "aaa")),
         Revision(2, T0 - timedelta(seconds=60), template("web:2", "bbb")),
     )
-    undone = DeploymentState("web", 3, False, revisions)
+    undone = DeploymentState("web", template("web:1", "aaa"), False, revisions)
     tl.advance(5)
     assert run(tl, BAD, undone).effects == ()
     tl.advance(2)
@@ -108,8 +108,20 @@ def test_an_undo_is_not_undone_even_when_the_reused_replica_set_is_recent() -> N
         Revision(2, T0 - timedelta(seconds=20), template("web:2", "bbb")),
     )
     tl.advance(2)
-    assert run(tl, BAD, DeploymentState("web", 3, False, revisions)).effects == ()
+    assert run(tl, BAD, DeploymentState("web", template("web:1", "aaa"), False, revisions)).effects == ()
     assert tl.records[0].revision == "2"
+
+
+def test_a_failed_change_is_decided_again() -> None:
+    """E.g. the template changed between reading and patching: the next evaluation tries again."""
+    tl = Timeline(make_spec({"rollback": ROLLBACK}))
+    sit = tl.situation(BAD)
+    plan = rollback.plan(sit, {"web": deployment()})
+    tl.records = merge(sit, failed(sit, plan.steps, "HTTP 422 Unprocessable Entity"))
+    assert (tl.records[0].state, tl.records[0].detail) == ("Skipped", "failed: HTTP 422 Unprocessable Entity")
+    tl.advance(2)
+    plan = run(tl, BAD, deployment())
+    assert len(plan.effects) == 1 and tl.records[0].state == "Active"
 
 
 def test_no_action_when_impact_began_before_or_long_after_the_rollout() -> None:
@@ -124,7 +136,9 @@ def test_skips_with_reasons() -> None:
     plan = run(tl, BAD, deployment(paused=True))
     assert plan.effects == () and plan.steps[0].record is not None
     assert plan.steps[0].record.detail.startswith("not paused: revision 2 was already paused")
-    only = DeploymentState("web", 1, False, (Revision(1, T0 - timedelta(seconds=30), template("web:1", "aaa")),))
+    only = DeploymentState(
+        "web", template("web:1", "aaa"), False, (Revision(1, T0 - timedelta(seconds=30), template("web:1", "aaa")),)
+    )
     tl = Timeline(make_spec({"rollback": ROLLBACK | {"mode": "undo"}}))
     assert run(tl, BAD, only).steps[0].message.startswith("not undone: there is no earlier revision")
 

@@ -141,10 +141,11 @@ def _kinds(context: ActionContext, sit: Situation, status: dict[str, Any]) -> li
     kinds = [_Kind("alert", plan_alerts, send, changes_objects=False)]
     if sit.spec.actions.throttle or sit.of_type("Throttle", "Active", "Skipped"):
         kinds.append(_Kind("throttle", plan_throttle, lambda e: throttle.execute(k8s, ns, e)))
-    if sit.spec.actions.scale or sit.of_type("Scale", "Active", "Skipped"):
-        kinds.append(_Kind("scale", plan_scale, lambda e: scale.execute(k8s, ns, e)))
+    # A rollback goes before a scale step: it judges the Deployment as observed.
     if sit.spec.actions.rollback or sit.of_type("Rollback", "Active", "Skipped"):
         kinds.append(_Kind("rollback", plan_rollback, lambda e: rollback.execute(k8s, ns, e)))
+    if sit.spec.actions.scale or sit.of_type("Scale", "Active", "Skipped"):
+        kinds.append(_Kind("scale", plan_scale, lambda e: scale.execute(k8s, ns, e)))
     return kinds
 
 

@@ -237,28 +237,29 @@ def events(steps: Iterable[Step]) -> tuple[Event, ...]:
     )
 
 
+FAILED = "failed: "
+
+
+def is_failure(record: ActionRecord) -> bool:
+    """A Skipped record of a change that failed (decided again next evaluation, not "done")."""
+    return record.state == "Skipped" and record.detail.startswith(FAILED)
+
+
 def failed(sit: Situation, steps: Iterable[Step], error: str) -> tuple[Step, ...]:
     """A kind's changes failed: held records stay as they were (with an ActionFailed Event); a new
     decision becomes a Skipped record naming the error (its Event is posted once per error)."""
     out = []
     for step in steps:
         before = sit.previous(step.key)
+        message = f"{step.message}: {FAILED}{error}"
         if before is not None and before.state == "Active":
             if step.verb in ("apply", "revert"):
-                out.append(Step("hold", step.key, before, f"{step.message}: failed: {error}", failure=True))
+                out.append(Step("hold", step.key, before, message, failure=True))
             else:
                 out.append(hold(before))
         elif step.record is not None:
-            failure = skip(sit, step.record.model_copy(update={"state": "Skipped"}), f"failed: {error}", None)
-            out.append(
-                Step(
-                    failure.verb,
-                    failure.key,
-                    failure.record,
-                    f"{step.message}: failed: {error}",
-                    failure.verb == "skip",
-                )
-            )
+            decided = skip(sit, step.record.model_copy(update={"state": "Skipped"}), FAILED + error)
+            out.append(Step(decided.verb, decided.key, decided.record, message, failure=decided.verb == "skip"))
         elif before is not None:
             out.append(hold(before))
     return tuple(out)

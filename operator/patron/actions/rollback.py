@@ -2,7 +2,8 @@
 (`spec.paused`) or undo it (the pod template of the previous revision's ReplicaSet, without its
 pod-template-hash label, as `kubectl rollout undo` does). At most once per revision (the record
 keeps the revision; the newest Rollback record per target is always retained) and at most once per
-incident: an undo is itself a new revision, and rolling back the rollback would flip-flop.
+incident: an undo is itself a new revision, and rolling back the rollback would flip-flop. A change
+that failed (e.g. the template changed meanwhile) is decided again at the next evaluation.
 
 The newest rollout is the owned ReplicaSet with the highest deployment.kubernetes.io/revision; its
 creationTimestamp is when it rolled out. (An undo reuses the old ReplicaSet, whose timestamp is
@@ -21,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from patron.actions.k8s import K8s, deployment_path, replica_sets_path
-from patron.actions.plan import Key, Plan, Situation, Step, apply, at, revert, skip
+from patron.actions.plan import Key, Plan, Situation, Step, apply, at, is_failure, revert, skip
 from patron.api.durations import parse_duration
 from patron.api.status import ActionRecord
 from patron.status import parse_timestamp
@@ -39,7 +40,7 @@ class Revision:
 @dataclass(frozen=True)
 class DeploymentState:
     name: str
-    generation: int
+    template: Mapping[str, Any]  # spec.template now
     paused: bool
     revisions: tuple[Revision, ...]  # of the ReplicaSets it owns
 
@@ -54,7 +55,7 @@ class DeploymentState:
 @dataclass(frozen=True)
 class PatchDeployment:
     name: str
-    ops: tuple[dict[str, Any], ...]  # JSON patch, guarded by a test of metadata.generation
+    ops: tuple[dict[str, Any], ...]  # JSON patch, guarded by a test of spec.template
 
 
 def undo_template(template: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,17 +110,18 @@ def plan(sit: Situation, deployments: Mapping[str, DeploymentState | None]) -> P
         steps[key] = skip(sit, new, f"{target} not found in namespace {sit.namespace}")
         return Plan(tuple(steps.values()))
     newest = dep.newest
-    if newest is None or not newest.created <= started <= newest.created + timedelta(
-        seconds=parse_duration(spec.within)
-    ):
+    within = timedelta(seconds=parse_duration(spec.within))
+    if newest is None or not newest.created <= started <= newest.created + within:
         return Plan(tuple(steps.values()))
     before = sit.previous(key)
-    decided = at(before.since) if before is not None else None
-    if before is not None and (before.revision == str(newest.number) or (decided and decided >= started)):
-        return Plan(tuple(steps.values()))  # once per revision, and once per incident
+    if before is not None and not is_failure(before):
+        decided = at(before.since)
+        if before.revision == str(newest.number) or (decided is not None and decided >= started):
+            return Plan(tuple(steps.values()))  # once per revision, and once per incident
     new = new.model_copy(update={"revision": str(newest.number)})
     why = f"impact began {int((started - newest.created).total_seconds())}s after revision {newest.number} rolled out"
-    guard = {"op": "test", "path": "/metadata/generation", "value": dep.generation}
+    # The change holds only for the template judged: a concurrent scale (replicas) does not matter.
+    guard = {"op": "test", "path": "/spec/template", "value": dep.template}
     effects: tuple[PatchDeployment, ...] = ()
     if spec.mode == "pause":
         if dep.paused:
@@ -169,7 +171,7 @@ async def _read(k8s: K8s, namespace: str, name: str) -> DeploymentState | None:
             revisions.append(Revision(int(number), created, (rs.get("spec") or {}).get("template") or {}))
     return DeploymentState(
         name=name,
-        generation=int(dep["metadata"].get("generation") or 0),
+        template=(dep.get("spec") or {}).get("template") or {},
         paused=bool((dep.get("spec") or {}).get("paused")),
         revisions=tuple(revisions),
     )
