@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from patron.api.models import CustomerSLOSpec
 from patron.impact.assess import Assessment, DataProblem, assess, error_ratio, severity_of
-from patron.impact.queries import FAMILIES, FRESHNESS, QueryPlan, bad_key, plan_queries, total_key
+from patron.impact.queries import BASELINE_COVERAGE, FAMILIES, FRESHNESS, QueryPlan, bad_key, plan_queries, total_key
 
 BASE: dict[str, Any] = {
     "service": "checkout",
@@ -30,6 +30,7 @@ def results(
     short: dict[str, tuple[float, float]] | None = None,
     earlier: dict[str, float] | None = None,
     age: float = 1.0,
+    young: tuple[str, ...] = (),
 ) -> dict[str, list[tuple[dict[str, str], float]]]:
     """customer -> (rps, error ratio) in every window, `short` overriding the 5m/30m windows."""
     out: dict[str, list[tuple[dict[str, str], float]]] = {
@@ -40,6 +41,7 @@ def results(
         src = {**traffic, **(short or {})} if w in (300, 1800) else traffic
         out[total_key(w)] = [({"customer": c}, r) for c, (r, _) in src.items()]
         out[bad_key(w)] = [({"customer": c}, r * e) for c, (r, e) in src.items()]
+    out[BASELINE_COVERAGE] = [({"customer": c}, 1.0) for c in traffic if c not in young]
     for key in plan.queries:
         if " offset " in key:
             out[key] = [({"customer": c}, (earlier or {}).get(c, r)) for c, (r, _) in traffic.items()]
@@ -90,6 +92,9 @@ def test_storm_needs_a_baseline() -> None:
     assert [c.customer for c in a.storming] == ["bot"]
     b = run(spec, traffic={"bot": (2.0, 0.0)}, short={"bot": (10.0, 0.0)}, earlier={"bot": 0.0})
     assert b.storming == ()
+    # A series younger than the baseline window has an underestimated baseline: not a storm.
+    c = run(spec, traffic={"bot": (2.0, 0.0)}, short={"bot": (10.0, 0.0)}, earlier={"bot": 2.0}, young=("bot",))
+    assert c.storming == () and c.customers[0].baseline_rate is None
 
 
 def test_levels() -> None:
@@ -121,8 +126,9 @@ def test_untrustworthy_data_is_never_healthy(mutate: Any, reason: str) -> None:
 
 def test_query_count_does_not_depend_on_customers() -> None:
     spec = make_spec()
-    # 5 windows (5m 30m 1h 6h 30d) x 2 kinds + 1 offset (L = baseline = 1h) + freshness + families
-    assert len(plan_queries(spec).queries) == 13
+    # 5 windows (5m 30m 1h 6h 30d) x 2 kinds + 1 offset (L = baseline = 1h) + baseline coverage
+    # + freshness + families
+    assert len(plan_queries(spec).queries) == 14
     assert all("customer" not in q or "by (customer)" in q for q in plan_queries(spec).queries.values())
 
 

@@ -14,7 +14,15 @@ from functools import cached_property
 
 from patron.api.durations import parse_duration
 from patron.api.models import SEVERITY_ORDER, CustomerSLOSpec, Tier
-from patron.impact.queries import FAMILIES, FRESHNESS, QueryPlan, bad_key, series_selectors, total_key
+from patron.impact.queries import (
+    BASELINE_COVERAGE,
+    FAMILIES,
+    FRESHNESS,
+    QueryPlan,
+    bad_key,
+    series_selectors,
+    total_key,
+)
 
 NO_TIER = "none"
 
@@ -164,7 +172,8 @@ def assess(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]
       A customer with no requests in a short window shows no recovery there: that short window's
       burn rate is taken to be its long one (this is how a customer who gave up stays impacted).
     - Lost: impacted and rate(c, S) < trafficDrop x rate(c, L offset L).
-    - Storming: rate(c, S) >= amplification x rate(c, L offset baseline), baseline > 0.
+    - Storming: rate(c, S) >= amplification x rate(c, L offset baseline), baseline > 0, and c's
+      series covers the whole baseline window (else rate() underestimates it: no baseline).
     """
     age, notes = _check_complete(spec, plan, results)
     label = spec.customer_label
@@ -180,7 +189,8 @@ def assess(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]
     baseline = parse_duration(spec.impact.retry_storm.baseline)
     long_rates = totals.get(total_key(l_win), {})
     earlier_rates = totals.get(total_key(l_win, l_win), {})
-    baseline_rates = totals.get(total_key(l_win, baseline), {})
+    covered = by_label(results.get(BASELINE_COVERAGE, ()), label)
+    baseline_rates = {c: r for c, r in totals.get(total_key(l_win, baseline), {}).items() if c in covered}
     if bad_is_good:
         _check_buckets(spec, long_rates, bads[l_win])
     ignore = [re.compile(p) for p in spec.customers.ignore]

@@ -13,6 +13,7 @@ from patron.api.models import CustomerSLOSpec
 from patron.impact.selectors import Selector
 
 FRESHNESS = "freshness"
+BASELINE_COVERAGE = "baseline coverage"
 BUDGET_REFRESH = 300.0  # seconds a live operator may reuse budget-window results
 FAMILIES = "families"
 
@@ -74,6 +75,7 @@ def plan_queries(spec: CustomerSLOSpec) -> QueryPlan:
 
     - total[w], bad[w] for each window w of impact.windows and spec.window;
     - total[L] offset L (lost customers' earlier traffic), total[L] offset baseline (storms);
+    - baseline coverage: which customers had series when the storm baseline window began;
     - freshness: age in seconds of the newest total sample;
     - families: which of the metric names the selectors use exist at all.
     """
@@ -93,6 +95,9 @@ def plan_queries(spec: CustomerSLOSpec) -> QueryPlan:
     baseline = parse_duration(spec.impact.retry_storm.baseline)
     for offset in sorted({long_, baseline}):
         queries[total_key(long_, offset)] = _rate(total, label, long_, offset)
+    # Customers whose series already existed when the baseline window began: for a younger series
+    # rate() spreads a partial increase over the whole window and underestimates the baseline.
+    queries[BASELINE_COVERAGE] = f"group by ({label}) ({total.render()} offset {format_duration(long_ + baseline)})"
     queries[FRESHNESS] = f"time() - max(timestamp({total.render()}))"
     required = {total.metric} | ({bad.metric} if bad_is_good else set())
     optional = set() if bad_is_good else {bad.metric} - required
