@@ -201,6 +201,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             _parse_time(args.start),
             _parse_time(args.end),
             timedelta(seconds=parse_duration(args.step)),
+            replicas=args.replicas,
+            name=str((manifest.get("metadata") or {}).get("name") or "replay"),
+            namespace=str((manifest.get("metadata") or {}).get("namespace") or "default"),
         )
     except DataProblem as problem:
         print(f"error: {problem.reason}: {problem.message}", file=sys.stderr)
@@ -271,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--from", dest="start", required=True, help="RFC 3339 start")
     rp.add_argument("--to", dest="end", required=True, help="RFC 3339 end")
     rp.add_argument("--step", default="30s", help="evaluation step (default 30s)")
+    rp.add_argument(
+        "--replicas",
+        type=int,
+        default=3,
+        help="replicas of actions.scale's target Deployment when the period starts (default 3; no HPA is assumed)",
+    )
     rp.add_argument("-o", "--output", choices=("json", "table"), default="table")
     rp.set_defaults(func=cmd_replay)
     return parser

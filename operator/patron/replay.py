@@ -3,16 +3,22 @@
 Each step runs the operator's own evaluation (`evaluate`, `evaluated`/`failed`) at a past time and
 carries the status forward exactly as the operator would, so severities, incidents and Events match
 what a live operator evaluating at the same instants decides.
+
+Actions are planned by the operator's own planners (`patron.actions.simulate`) against simulated
+objects carried from step to step: the throttle ConfigMap (which starts with no Patron key) and the
+scale target Deployment (at `replicas`, no HPA). Alerts are planned as if an Alertmanager were
+configured; nothing is sent or changed. Rollback is not simulated (a note says so).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from patron.actions.simulate import Simulated, act_offline
 from patron.api.models import CustomerSLOSpec
 from patron.impact.assess import DataProblem
 from patron.impact.evaluate import evaluate
@@ -34,6 +40,13 @@ class ReplayStep:
     worst: tuple[str, ...]
     problem: str | None
     events: tuple[str, ...]
+    # The action Events the operator would post ("ActionApplied: <message>", ...).
+    actions: tuple[str, ...] = ()
+    # status.actions after this step (the records Patron holds).
+    records: tuple[dict[str, Any], ...] = ()
+    # The simulated objects after this step (Deployment replicas, ConfigMap data).
+    objects: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 def instants(start: datetime, end: datetime, step: timedelta) -> Iterator[datetime]:
@@ -46,20 +59,39 @@ def instants(start: datetime, end: datetime, step: timedelta) -> Iterator[dateti
 
 
 def replay(
-    spec: CustomerSLOSpec, prometheus: Prometheus, start: datetime, end: datetime, step: timedelta
+    spec: CustomerSLOSpec,
+    prometheus: Prometheus,
+    start: datetime,
+    end: datetime,
+    step: timedelta,
+    replicas: int = 3,
+    name: str = "replay",
+    namespace: str = "default",
 ) -> list[ReplayStep]:
+    """`replicas`: the scale target's replicas when the period starts; `name`/`namespace`: the
+    CustomerSLO's (the throttle key is named after it)."""
+    if replicas < 0:
+        raise ValueError("--replicas must not be negative")
     status: dict[str, Any] = {}
+    objects = Simulated.initial(spec, replicas)
     out = []
     for at in instants(start, end, step):
         try:
-            outcome = evaluated(spec, status, evaluate(spec, prometheus, at), None, at)
+            assessment = evaluate(spec, prometheus, at)
+            outcome = evaluated(spec, status, assessment, None, at)
             problem = None
         except DataProblem as err:
             if err.reason == "PrometheusUnavailable":
                 raise
+            assessment = None
             outcome = failed(status, err, None, at)
             problem = f"{err.reason}: {err.message}"
+        impact_events = outcome.events
+        outcome, notes, objects = act_offline(
+            spec, assessment, outcome, objects, at, name, namespace, getattr(prometheus, "url", "")
+        )
         status = outcome.status
+        action_events = outcome.events[len(impact_events) :]
         out.append(
             ReplayStep(
                 at=timestamp(at),
@@ -70,7 +102,11 @@ def replay(
                 storming=status.get("stormingCustomers", 0),
                 worst=tuple(i["customer"] for i in status.get("impacted", [])[:5]),
                 problem=problem,
-                events=tuple(f"{e.reason}: {e.message}" for e in outcome.events),
+                events=tuple(f"{e.reason}: {e.message}" for e in impact_events),
+                actions=tuple(f"{e.reason}: {e.message}" for e in action_events),
+                records=tuple(status.get("actions") or ()),
+                objects=objects.describe(),
+                notes=notes,
             )
         )
     return out
@@ -79,7 +115,7 @@ def replay(
 def render(steps: Sequence[ReplayStep], output: str) -> str:
     if output == "json":
         return json.dumps([asdict(s) for s in steps], ensure_ascii=False, indent=2) + "\n"
-    header = ("TIME", "SEVERITY", "IMPACTED/ACTIVE", "LOST", "STORMING", "WORST", "EVENTS")
+    header = ("TIME", "SEVERITY", "IMPACTED/ACTIVE", "LOST", "STORMING", "WORST", "HELD", "EVENTS")
     rows = [
         (
             s.at,
@@ -88,10 +124,25 @@ def render(steps: Sequence[ReplayStep], output: str) -> str:
             str(s.lost),
             str(s.storming),
             ", ".join(s.worst),
+            _held(s.records),
             "; ".join(e.split(":")[0] for e in s.events),
         )
         for s in steps
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    for s, row in zip(steps, rows, strict=True):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        lines.extend(f"    {a}" for a in s.actions)
+    notes = dict.fromkeys(n for s in steps for n in s.notes)
+    lines.extend(f"note: {n}" for n in notes)
     return "\n".join(lines) + "\n"
+
+
+def _held(records: Sequence[dict[str, Any]]) -> str:
+    """Active records by type, e.g. "Scale 1, Throttle 2"."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if r.get("state") == "Active":
+            counts[r["type"]] = counts.get(r["type"], 0) + 1
+    return ", ".join(f"{t} {n}" for t, n in counts.items()) or "-"

@@ -25,6 +25,13 @@ SCENARIOS: dict[str, list[Customer]] = {
     "lost": [changed("quitter", 2.0, Phase(40 * MIN, 2.0, errors=1.0), Phase(10 * MIN, 0.0)), *many("stay-", 10, 2.0)],
     # (f) five times its usual traffic for the last 10 minutes, no errors.
     "storm": [changed("bigbot", 2.0, Phase(10 * MIN, 10.0)), *many("peer-", 10, 2.0)],
+    # (g) bigbot at five times its usual traffic for the last 10 minutes while victim has been fully
+    # down for 40: an incident (1 of 12 impacted: critical) during which a customer storms.
+    "storm-hurts": [
+        changed("bigbot", 2.0, Phase(10 * MIN, 10.0)),
+        changed("victim", 2.0, Phase(40 * MIN, 2.0, errors=1.0)),
+        *many("peer-", 10, 2.0),
+    ],
     # (h) latency: half of sloth's requests slower than 0.3 s for 40 minutes.
     "slow": [Customer("sloth", (Phase(10 * 24 * HOUR, 2.0), Phase(40 * MIN, 2.0, slow=0.5))), *many("fast-", 10, 2.0)],
     # (i) names that need escaping everywhere, all fully down.

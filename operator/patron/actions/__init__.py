@@ -46,7 +46,10 @@ from patron.kube import Kube
 from patron.reconcile import Event, Outcome
 from patron.status import set_condition
 
-__all__ = ["ActionContext", "AlertmanagerClient", "act", "release"]
+__all__ = ["ActionContext", "AlertmanagerClient", "act", "finish", "kind_names", "release"]
+
+
+UNTRUSTED = "the data cannot be trusted: actions are held"
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ async def act(
         return _finish(context, outcome, records, (), ("the spec is invalid: actions are held",))
     sit = _situation(context, spec, assessment, outcome.status.get("incident"), records, releasing=False)
     result = await _run(context, sit, outcome.status)
-    notes = [*result.notes, *(() if sit.fresh else ("the data cannot be trusted: actions are held",))]
+    notes = [*result.notes, *(() if sit.fresh else (UNTRUSTED,))]
     return _finish(context, outcome, merge(sit, result.steps), events(result.steps), notes)
 
 
@@ -138,15 +141,27 @@ def _kinds(context: ActionContext, sit: Situation, status: dict[str, Any]) -> li
     async def plan_rollback() -> Plan:
         return rollback.plan(sit, await rollback.observe(k8s, sit))
 
-    kinds = [_Kind("alert", plan_alerts, send, changes_objects=False)]
+    kinds = {
+        "alert": _Kind("alert", plan_alerts, send, changes_objects=False),
+        "throttle": _Kind("throttle", plan_throttle, lambda e: throttle.execute(k8s, ns, e)),
+        "rollback": _Kind("rollback", plan_rollback, lambda e: rollback.execute(k8s, ns, e)),
+        "scale": _Kind("scale", plan_scale, lambda e: scale.execute(k8s, ns, e)),
+    }
+    return [kinds[name] for name in kind_names(sit)]
+
+
+def kind_names(sit: Situation) -> list[str]:
+    """The kinds planned in this evaluation, in order: alerts always; another kind when it is
+    configured or still holds records. A rollback goes before a scale step: it judges the
+    Deployment as observed. (Shared with the offline planner of `patron replay`.)"""
+    names = ["alert"]
     if sit.spec.actions.throttle or sit.of_type("Throttle", "Active", "Skipped"):
-        kinds.append(_Kind("throttle", plan_throttle, lambda e: throttle.execute(k8s, ns, e)))
-    # A rollback goes before a scale step: it judges the Deployment as observed.
+        names.append("throttle")
     if sit.spec.actions.rollback or sit.of_type("Rollback", "Active", "Skipped"):
-        kinds.append(_Kind("rollback", plan_rollback, lambda e: rollback.execute(k8s, ns, e)))
+        names.append("rollback")
     if sit.spec.actions.scale or sit.of_type("Scale", "Active", "Skipped"):
-        kinds.append(_Kind("scale", plan_scale, lambda e: scale.execute(k8s, ns, e)))
-    return kinds
+        names.append("scale")
+    return names
 
 
 async def _run(context: ActionContext, sit: Situation, status: dict[str, Any]) -> _Result:
@@ -209,6 +224,18 @@ def _finish(
     action_events: Sequence[Event],
     notes: Sequence[str],
 ) -> Outcome:
+    return finish(outcome, records, action_events, notes, context.obj["metadata"].get("generation"), context.now)
+
+
+def finish(
+    outcome: Outcome,
+    records: Sequence[ActionRecord],
+    action_events: Sequence[Event],
+    notes: Sequence[str],
+    generation: int | None,
+    now: datetime,
+) -> Outcome:
+    """The outcome with `status.actions`, the ActionsActive condition and the action Events (pure)."""
     status = dict(outcome.status)
     status["actions"] = dump_records(records)
     state, reason, message = actions_condition(records, notes)
@@ -221,7 +248,7 @@ def _finish(
         state,
         reason,
         message,
-        context.obj["metadata"].get("generation"),
-        context.now,
+        generation,
+        now,
     )
     return Outcome(status, (*outcome.events, *action_events))

@@ -1,0 +1,142 @@
+"""Offline planning for `patron replay`: the operator's own planners, run against simulated objects.
+
+`act` observes real objects, plans every kind and changes the objects; here the objects are a
+`Simulated` value that the planned effects are applied to, so the next replay step sees what the
+operator would have left behind. Nothing here does I/O and nothing is sent.
+
+- Throttle: the ConfigMaps Patron writes into, with their content (replay starts with the
+  configured ConfigMap existing and holding no Patron key).
+- Scale: Deployments with their replicas and no HorizontalPodAutoscaler.
+- Alerts: planned as if an Alertmanager were configured (fire/resolve steps; nothing is sent).
+- Rollback: not simulated. Judging it needs the Deployment's revision history, which a replay
+  does not have; it is reported as a note instead of guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from patron.actions import UNTRUSTED, alert, finish, kind_names, scale, throttle
+from patron.actions.plan import Situation, Step, events, merge, parse_records
+from patron.api.models import CustomerSLOSpec
+from patron.impact.assess import Assessment
+from patron.reconcile import Outcome
+
+ROLLBACK_NOT_SIMULATED = (
+    "rollback: not simulated (it needs the Deployment's revision history; replay does not guess it)"
+)
+
+
+@dataclass(frozen=True)
+class Simulated:
+    """The objects a replay carries between steps."""
+
+    config_maps: Mapping[str, throttle.ConfigMapState | None] = field(default_factory=dict)
+    replicas: Mapping[str, int] = field(default_factory=dict)  # Deployment name -> spec.replicas
+
+    @classmethod
+    def initial(cls, spec: CustomerSLOSpec, replicas: int) -> Simulated:
+        """The configured ConfigMap with no Patron key; the scale target at `replicas`, no HPA."""
+        actions = spec.actions
+        config_maps: dict[str, throttle.ConfigMapState | None] = {}
+        if actions.throttle is not None:
+            name = actions.throttle.config_map
+            config_maps[name] = throttle.ConfigMapState(name, "1", {})
+        deployments = {actions.scale.target.name: replicas} if actions.scale is not None else {}
+        return cls(config_maps, deployments)
+
+    def describe(self) -> dict[str, Any]:
+        """E.g. {"Deployment/checkout": 5, "ConfigMap/ratelimit": {"patron-x.yaml": "..."}}."""
+        out: dict[str, Any] = {f"Deployment/{name}": value for name, value in sorted(self.replicas.items())}
+        for name, state in sorted(self.config_maps.items()):
+            out[f"ConfigMap/{name}"] = None if state is None else dict(state.data or {})
+        return out
+
+
+def plan_offline(
+    sit: Situation, status: Mapping[str, Any], objects: Simulated, prometheus_url: str = ""
+) -> tuple[list[Step], list[str], Simulated]:
+    """Every kind's steps (as `act` plans them, in the same order), notes, and the objects after
+    the planned effects."""
+    steps: list[Step] = []
+    notes: list[str] = []
+    for name in kind_names(sit):
+        if name == "alert":
+            steps.extend(alert.plan(sit, status, prometheus_url, True).steps)
+        elif name == "throttle":
+            plan = throttle.plan(sit, objects.config_maps)
+            objects = replace(objects, config_maps=_write_keys(objects.config_maps, plan.effects))
+            steps.extend(plan.steps)
+        elif name == "scale":
+            plan = scale.plan(sit, _observe_scale(sit, objects))
+            objects = replace(objects, replicas=_set_values(objects.replicas, plan.effects))
+            steps.extend(plan.steps)
+        else:
+            notes.append(ROLLBACK_NOT_SIMULATED)
+    return steps, notes, objects
+
+
+def act_offline(
+    spec: CustomerSLOSpec,
+    assessment: Assessment | None,
+    outcome: Outcome,
+    objects: Simulated,
+    now: datetime,
+    name: str,
+    namespace: str,
+    prometheus_url: str = "",
+) -> tuple[Outcome, tuple[str, ...], Simulated]:
+    """`act` without a cluster: the outcome with status.actions, ActionsActive and the action
+    Events, the notes, and the simulated objects afterwards."""
+    sit = Situation(
+        now=now,
+        namespace=namespace,
+        name=name,
+        spec=spec,
+        records=parse_records(outcome.status.get("actions") or []),
+        assessment=assessment,
+        incident=outcome.status.get("incident"),
+        dry_run=spec.dry_run,
+    )
+    steps, notes, objects = plan_offline(sit, outcome.status, objects, prometheus_url)
+    notes = [*notes, *(() if sit.fresh else (UNTRUSTED,))]
+    result = finish(outcome, merge(sit, steps), events(steps), notes, None, now)
+    return result, tuple(notes), objects
+
+
+def _observe_scale(sit: Situation, objects: Simulated) -> scale.Observed:
+    spec = sit.spec.actions.scale
+    found = {
+        f"Deployment/{name}": scale.Scalable(f"Deployment/{name}", value) for name, value in objects.replicas.items()
+    }
+    held = {r.target: found.get(r.target) for r in sit.of_type("Scale", "Active")}
+    return scale.Observed(f"Deployment/{spec.target.name}" if spec else None, {**held, **found})
+
+
+def _write_keys(
+    config_maps: Mapping[str, throttle.ConfigMapState | None], effects: Sequence[Any]
+) -> dict[str, throttle.ConfigMapState | None]:
+    out = dict(config_maps)
+    for write in effects:
+        state = out.get(write.config_map)
+        if state is None:
+            continue
+        data = dict(state.data or {})
+        if write.content is None:
+            data.pop(write.key, None)
+        else:
+            data[write.key] = write.content
+        out[write.config_map] = throttle.ConfigMapState(state.name, str(int(state.resource_version) + 1), data)
+    return out
+
+
+def _set_values(replicas: Mapping[str, int], effects: Sequence[Any]) -> dict[str, int]:
+    out = dict(replicas)
+    for change in effects:
+        kind, name = change.target.split("/", 1)
+        if kind == "Deployment":
+            out[name] = change.value
+    return out
