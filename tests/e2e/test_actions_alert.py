@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
 from tests.e2e.test_actions_helpers import World, slo, wait_for, world_fixture  # noqa: F401
 
 ALERT = {"perCustomer": True, "labels": {"team": "payments"}, "runbookURL": "https://runbooks.example/checkout"}

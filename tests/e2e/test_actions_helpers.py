@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+
 from tests.support.exporter import Exporter
 from tests.support.operator import OperatorProcess
 

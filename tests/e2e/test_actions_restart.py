@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 import yaml
+
 from tests.e2e.test_actions_helpers import World, deployment, slo, wait_for, world_fixture  # noqa: F401
 
 OTHERS = {"config.yaml": "domain: shop\n"}

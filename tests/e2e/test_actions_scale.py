@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tests.e2e.test_actions_helpers import World, deployment, slo, wait_for, world_fixture  # noqa: F401
 
 SCALE = {"target": {"name": "web"}, "step": 2, "maxReplicas": 5, "minSeverity": "warning", "cooldown": "10s"}

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tests.e2e.test_actions_helpers import World, slo, wait_for, world_fixture  # noqa: F401
 
 # Keys of the ConfigMap that belong to others; byte for byte what must stay (odd bytes on purpose).

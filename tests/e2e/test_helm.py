@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
 from tests.e2e.conftest import REPO, run
 from tests.support.catalog import manifest
 from tests.support.operator import OperatorProcess

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tests.support.catalog import SCENARIOS, manifest
 from tests.support.operator import OperatorProcess
 from tests.support.promserver import PrometheusServer

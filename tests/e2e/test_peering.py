@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tests.support.catalog import manifest
 from tests.support.operator import OperatorProcess
 from tests.support.wait import wait_for

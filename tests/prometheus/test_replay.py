@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.support.catalog import manifest
-from tests.support.promserver import PrometheusServer
 
 from patron.impact.prometheus import Prometheus
 from patron.reconcile import parse_spec
 from patron.replay import ReplayStep, replay
 from patron.status import timestamp
+from tests.support.catalog import manifest
+from tests.support.promserver import PrometheusServer
 
 THROTTLE = {"configMap": "ratelimit", "domain": "shop", "minSeverity": "warning"}
 SCALE = {"target": {"name": "checkout"}, "step": 2, "maxReplicas": 7, "cooldown": "5m"}

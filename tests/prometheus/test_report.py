@@ -6,13 +6,13 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from tests.support.catalog import manifest
-from tests.support.promserver import PrometheusServer
 
 from patron.impact.prometheus import Prometheus
 from patron.reconcile import parse_spec
 from patron.report import build_report, incident_queries, render
 from patron.status import timestamp
+from tests.support.catalog import manifest
+from tests.support.promserver import PrometheusServer
 
 
 def event(reason: str, message: str, at: datetime) -> dict[str, str]:

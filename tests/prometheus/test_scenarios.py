@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.support.catalog import WEIRD, latency_indicator, manifest
-from tests.support.promserver import PrometheusServer, free_port
 
 from patron.impact.assess import Assessment, DataProblem
 from patron.impact.evaluate import evaluate
 from patron.impact.prometheus import Prometheus
 from patron.reconcile import evaluated, failed, parse_spec
+from tests.support.catalog import WEIRD, latency_indicator, manifest
+from tests.support.promserver import PrometheusServer, free_port
 
 ENTERPRISE = {"tiers": [{"name": "enterprise", "weight": 10, "customers": ["acme"]}]}
 

@@ -8,13 +8,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.unit.test_actions_plan import T0, Timeline, assessment, customer, make_spec
 
 from patron.actions import alert
 from patron.actions.alertmanager import Alert
 from patron.actions.plan import events, merge
 from patron.impact.assess import Assessment
 from patron.status import impact_fields
+from tests.unit.test_actions_plan import T0, Timeline, assessment, customer, make_spec
 
 ALERT = {"perCustomer": True, "labels": {"team": "payments"}, "runbookURL": "https://runbooks.example/checkout"}
 PROM = "http://prometheus:9090"

@@ -10,9 +10,9 @@ from typing import Any
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.unit.test_actions_plan import T0
 
 from patron.actions.alertmanager import Alert, AlertmanagerClient, AlertQueue
+from tests.unit.test_actions_plan import T0
 
 
 def make(name: str, resolved: bool = False, n: int = 0) -> Alert:

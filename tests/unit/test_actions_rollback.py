@@ -6,11 +6,11 @@ from datetime import timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.unit.test_actions_plan import T0, Timeline, assessment, customer, make_spec
 
 from patron.actions import rollback
 from patron.actions.plan import events, failed, merge
 from patron.actions.rollback import DeploymentState, Revision, undo_template
+from tests.unit.test_actions_plan import T0, Timeline, assessment, customer, make_spec
 
 ROLLBACK = {"target": {"name": "web"}, "within": "5m", "mode": "pause", "minSeverity": "warning"}
 BAD = assessment("warning", customer("acme", impacted=True))

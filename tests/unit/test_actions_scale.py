@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.unit.test_actions_plan import Timeline, assessment, customer, make_spec
 
 from patron.actions import scale
 from patron.actions.plan import events, merge
 from patron.actions.scale import Observed, Scalable
+from tests.unit.test_actions_plan import Timeline, assessment, customer, make_spec
 
 SCALE = {"target": {"name": "web"}, "step": 2, "maxReplicas": 7, "minSeverity": "critical", "cooldown": "10s"}
 DEP = "Deployment/web"

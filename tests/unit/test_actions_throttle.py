@@ -10,13 +10,13 @@ import jsonpatch  # type: ignore[import-untyped]
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.unit.test_actions_plan import Timeline, assessment, customer, make_spec
 
 from patron.actions import throttle
 from patron.actions.k8s import pointer
 from patron.actions.plan import merge
 from patron.actions.throttle import ConfigMapState, WriteKey, limit_for, render
 from patron.api.models import ThrottleAction
+from tests.unit.test_actions_plan import Timeline, assessment, customer, make_spec
 
 THROTTLE = {"configMap": "ratelimit", "domain": "checkout", "headroom": 1.2, "ttl": "1m", "minSeverity": "warning"}
 KEY = "patron-checkout.yaml"

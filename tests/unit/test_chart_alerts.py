@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tests.unit.test_chart import RELEASE_NS, helm_binary, render
 
 PROMTOOL = shutil.which("promtool")
