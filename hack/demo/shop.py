@@ -8,8 +8,8 @@ One asyncio process holds three parts (see docs/demo.md):
      ConfigMap (every key whose `domain` is the shop's; 429 over the limit; `shadow_mode` entries are
      only counted). Like a ratelimit sidecar, rejected requests cost the service nothing;
   2. has the capacity of its `checkout` Deployment: spec.replicas x --capacity-per-replica req/s
-     (the desired count, not the ready one: the test bed's kwok nodes go NotReady now and then,
-     and a flapping capacity would be a different demo).
+     (the desired count, which Patron's scale action changes; the readiness of pods on kwok nodes
+     would add nothing but noise).
      Over capacity, every request is refused with the same probability (503), so a storm from one
      customer hurts everyone;
   3. routes each request to a ReplicaSet of the Deployment in proportion to its replicas; a
@@ -647,8 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", default="checkout", help="ratelimit domain the shop enforces")
     p.add_argument("--descriptor-key", default="customer_id")
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
-    p.add_argument("--replicas", type=int, help="fixed ready replicas; no cluster (development only)")
-    p.add_argument("--capacity-per-replica", type=float, default=15.0, help="req/s one ready replica serves")
+    p.add_argument("--replicas", type=int, help="fixed replicas; no cluster (development only)")
+    p.add_argument("--capacity-per-replica", type=float, default=15.0, help="req/s one replica serves")
     p.add_argument("--load-factor", type=float, default=1.0, help="multiplies every customer's rate")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between reads of the API server")
     p.add_argument("--port", type=int, default=0, help="0: any free port")
