@@ -8,7 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.e2e.test_actions_helpers import World, slo, wait_for, world_fixture  # noqa: F401
+from tests.e2e.test_actions_helpers import World, slo, world_fixture  # noqa: F401
+from tests.support.wait import wait_for
 
 ALERT = {"perCustomer": True, "labels": {"team": "payments"}, "runbookURL": "https://runbooks.example/checkout"}
 
@@ -32,11 +33,13 @@ def test_alert_names_the_customers_and_resolves_after_recovery(world: World) -> 
         w.exporter.set(name, rps=10)
     w.start_operator()
     w.apply(slo(w.namespace, actions={"alert": ALERT}))
-    wait_for("a first evaluation", lambda: w.status().get("lastEvaluationTime"))
+    wait_for(lambda: w.status().get("lastEvaluationTime"), timeout=90, what="a first evaluation")
     w.exporter.set("acme", rps=10, errors=1.0)
     w.exporter.set("bob", rps=10, errors=1.0)
 
-    (slo_alert,) = wait_for("CustomerImpact at the receiver", lambda: received(w, "CustomerImpact", "firing"))
+    (slo_alert,) = wait_for(
+        lambda: received(w, "CustomerImpact", "firing"), timeout=90, what="CustomerImpact at the receiver"
+    )
     assert slo_alert["labels"] == {
         "alertname": "CustomerImpact",
         "namespace": w.namespace,
@@ -52,7 +55,9 @@ def test_alert_names_the_customers_and_resolves_after_recovery(world: World) -> 
 
     for customer, tier in (("acme", "enterprise"), ("bob", "none")):
         (alert,) = wait_for(
-            f"CustomerImpacted {customer}", lambda c=customer: received(w, "CustomerImpacted", "firing", c)
+            lambda c=customer: received(w, "CustomerImpacted", "firing", c),
+            timeout=90,
+            what=f"CustomerImpacted {customer}",
         )
         assert alert["labels"] == {
             **slo_alert["labels"],
@@ -71,15 +76,23 @@ def test_alert_names_the_customers_and_resolves_after_recovery(world: World) -> 
 
     w.exporter.set("acme", rps=10)
     w.exporter.set("bob", rps=10)
-    ended = parse_time(wait_for("the incident to end", lambda: w.status().get("incident", {}).get("ended"), timeout=60))
-    (resolved,) = wait_for("the resolved CustomerImpact", lambda: received(w, "CustomerImpact", "resolved"), timeout=60)
+    ended = parse_time(
+        wait_for(lambda: w.status().get("incident", {}).get("ended"), timeout=60, what="the incident to end")
+    )
+    (resolved,) = wait_for(
+        lambda: received(w, "CustomerImpact", "resolved"), timeout=60, what="the resolved CustomerImpact"
+    )
     # Resolved `recovery` (20s) after the impact ended, not before.
     assert parse_time(resolved["endsAt"]) >= ended + timedelta(seconds=20)
     assert parse_time(resolved["endsAt"]) < ended + timedelta(seconds=30)
     for customer in ("acme", "bob"):
-        wait_for(f"{customer}'s alert resolved", lambda c=customer: received(w, "CustomerImpacted", "resolved", c))
+        wait_for(
+            lambda c=customer: received(w, "CustomerImpacted", "resolved", c),
+            timeout=90,
+            what=f"{customer}'s alert resolved",
+        )
     assert "Alert CustomerImpact (warning): resolved" in w.messages("ActionReverted")
-    wait_for("ActionsActive False", lambda: w.condition("ActionsActive").get("status") == "False")
+    wait_for(lambda: w.condition("ActionsActive").get("status") == "False", timeout=90, what="ActionsActive False")
     assert [r["state"] for r in w.records("Alert")] == ["Reverted"] * 3
     # Nothing fires twice: one firing and one resolved notification per alert.
     assert len(received(w, "CustomerImpact", "firing")) == 1
@@ -92,17 +105,21 @@ def test_no_alert_is_lost_while_alertmanager_is_down(world: World) -> None:
     w.exporter.set("bob", rps=10)
     w.start_operator()
     w.apply(slo(w.namespace, actions={"alert": {}}))
-    wait_for("a first evaluation", lambda: w.status().get("lastEvaluationTime"))
+    wait_for(lambda: w.status().get("lastEvaluationTime"), timeout=90, what="a first evaluation")
     w.testbed.stop("alertmanager")
     try:
         down = time.monotonic()
         w.exporter.set("acme", rps=10, errors=1.0)
-        wait_for("the alert decided", lambda: [r for r in w.records("Alert") if r["state"] == "Active"])
+        wait_for(
+            lambda: [r for r in w.records("Alert") if r["state"] == "Active"], timeout=90, what="the alert decided"
+        )
         time.sleep(max(0.0, 60 - (time.monotonic() - down)))
         assert received(w, "CustomerImpact", "firing") == []
     finally:
         w.testbed.start("alertmanager")
-    (firing,) = wait_for("the firing alert after the restart", lambda: received(w, "CustomerImpact", "firing"), 60)
+    (firing,) = wait_for(
+        lambda: received(w, "CustomerImpact", "firing"), timeout=60, what="the firing alert after the restart"
+    )
     assert firing["annotations"]["impacted_customers"] == "acme"
 
     # The resolve, too, waits for Alertmanager: it is sent once and retried until delivered.
@@ -110,12 +127,14 @@ def test_no_alert_is_lost_while_alertmanager_is_down(world: World) -> None:
     try:
         w.exporter.set("acme", rps=10)
         wait_for(
-            "the alert resolved by Patron", lambda: [r for r in w.records("Alert") if r["state"] == "Reverted"], 90
+            lambda: [r for r in w.records("Alert") if r["state"] == "Reverted"],
+            timeout=90,
+            what="the alert resolved by Patron",
         )
         time.sleep(5)
     finally:
         w.testbed.start("alertmanager")
     (resolved,) = wait_for(
-        "the resolved alert after the restart", lambda: received(w, "CustomerImpact", "resolved"), 60
+        lambda: received(w, "CustomerImpact", "resolved"), timeout=60, what="the resolved alert after the restart"
     )
     assert resolved["labels"] == firing["labels"]

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from tests.e2e.test_actions_helpers import World, deployment, slo, wait_for, world_fixture  # noqa: F401
+from tests.e2e.test_actions_helpers import World, deployment, slo, world_fixture  # noqa: F401
+from tests.support.wait import wait_for
 
 OTHERS = {"config.yaml": "domain: shop\n"}
 
@@ -42,7 +43,7 @@ def test_dry_run_decides_reports_and_changes_nothing(world: World) -> None:
     def decided() -> set[str]:
         return {r["type"] for r in w.status().get("actions") or [] if r["state"] == "Skipped"}
 
-    wait_for("every kind decided", lambda: decided() >= {"Alert", "Throttle", "Scale", "Rollback"}, timeout=60)
+    wait_for(lambda: decided() >= {"Alert", "Throttle", "Scale", "Rollback"}, timeout=60, what="every kind decided")
     skipped = w.messages("ActionSkipped")
     for expected in (
         "dry run: would Alert CustomerImpact (warning): firing",
@@ -67,7 +68,7 @@ def test_dry_run_decides_reports_and_changes_nothing(world: World) -> None:
 
     w.exporter.set("bigbot", rps=10)
     w.exporter.set("acme", rps=10)
-    wait_for("decisions lapsed after recovery", lambda: not decided(), timeout=90)
+    wait_for(lambda: not decided(), timeout=90, what="decisions lapsed after recovery")
     lapsed = w.messages("ActionSkipped")
     assert "dry run: would Scale Deployment/web: released: no impact for 20s" in lapsed
     assert "dry run: would Alert CustomerImpact (warning): resolved" in lapsed

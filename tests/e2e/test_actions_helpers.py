@@ -9,9 +9,8 @@ impact is gone ~15 s after it stops; actions are reverted 20 s (recovery) after 
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,17 +22,6 @@ from tests.support.exporter import Exporter
 from tests.support.operator import OperatorProcess
 
 T = TypeVar("T")
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 90, interval: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def slo(namespace: str, name: str = "checkout", actions: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
-from tests.e2e.test_actions_helpers import World, deployment, slo, wait_for, world_fixture  # noqa: F401
+from tests.e2e.test_actions_helpers import World, deployment, slo, world_fixture  # noqa: F401
+from tests.support.wait import wait_for
 
 OTHERS = {"config.yaml": "domain: shop\n"}
 KEY = "patron-checkout.yaml"
@@ -40,16 +41,20 @@ def test_sigkill_during_an_incident_then_delete(world: World) -> None:
     def data() -> dict[str, str]:
         return dict(w.get("configmap", "ratelimit-config").get("data") or {})
 
-    wait_for("the throttle entry", lambda: KEY in data(), timeout=90)
-    wait_for("the first scale step", lambda: w.get("deployment", "web")["spec"]["replicas"] == 4, timeout=30)
-    wait_for("the alert at the receiver", lambda: [a for a in w.alerts() if a["status"] == "firing"], timeout=30)
+    wait_for(lambda: KEY in data(), timeout=90, what="the throttle entry")
+    wait_for(lambda: w.get("deployment", "web")["spec"]["replicas"] == 4, timeout=30, what="the first scale step")
+    wait_for(lambda: [a for a in w.alerts() if a["status"] == "firing"], timeout=30, what="the alert at the receiver")
     before = w.status()
     throttled = data()[KEY]
 
     op.kill()  # SIGKILL: no cleanup, queued alerts are gone with the process
     killed = datetime.now(UTC)
     op.start()
-    wait_for("an evaluation by the new process", lambda: w.status()["lastEvaluationTime"] > killed.isoformat()[:19])
+    wait_for(
+        lambda: w.status()["lastEvaluationTime"] > killed.isoformat()[:19],
+        timeout=90,
+        what="an evaluation by the new process",
+    )
     time.sleep(15)
 
     after = w.status()
@@ -82,4 +87,4 @@ def test_sigkill_during_an_incident_then_delete(world: World) -> None:
     w.kubectl("delete", "cslo", "checkout", "--timeout=60s")
     assert w.get("deployment", "web")["spec"]["replicas"] == 2
     assert data() == OTHERS
-    wait_for("the resolved alert", lambda: [a for a in w.alerts() if a["status"] == "resolved"], timeout=30)
+    wait_for(lambda: [a for a in w.alerts() if a["status"] == "resolved"], timeout=30, what="the resolved alert")

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from tests.e2e.test_actions_helpers import World, deployment, slo, wait_for, world_fixture  # noqa: F401
+from tests.e2e.test_actions_helpers import World, deployment, slo, world_fixture  # noqa: F401
+from tests.support.wait import wait_for
 
 
 def revision(w: World) -> str:
@@ -21,10 +22,10 @@ def bad_rollout(w: World, mode: str) -> None:
     w.start_operator()
     rollback = {"target": {"name": "web"}, "within": "2m", "mode": mode, "minSeverity": "warning"}
     w.apply(slo(w.namespace, actions={"rollback": rollback}))
-    wait_for("a first evaluation", lambda: w.status().get("lastEvaluationTime"))
+    wait_for(lambda: w.status().get("lastEvaluationTime"), timeout=90, what="a first evaluation")
     time.sleep(10)  # the first rollout is well before impact... but within 2m: a fresh template makes it revision 2
     w.apply(deployment(image="registry.invalid/web:2"))
-    wait_for("revision 2", lambda: revision(w) == "2", timeout=30)
+    wait_for(lambda: revision(w) == "2", timeout=30, what="revision 2")
     w.exporter.set("acme", rps=10, errors=1.0)
 
 
@@ -32,14 +33,14 @@ def bad_rollout(w: World, mode: str) -> None:
 def test_bad_rollout_is_paused_once(world: World) -> None:
     w = world
     bad_rollout(w, "pause")
-    wait_for("the Deployment paused", lambda: w.get("deployment", "web")["spec"].get("paused"), timeout=90)
+    wait_for(lambda: w.get("deployment", "web")["spec"].get("paused"), timeout=90, what="the Deployment paused")
     (record,) = w.records("Rollback")
     assert (record["target"], record["state"], record["revision"]) == ("Deployment/web", "Active", "2")
     assert record["detail"].startswith("paused at revision 2: impact began ")
     assert w.condition("ActionsActive")["reason"] == "RolledBack"
     # A person resumes the rollout while impact goes on: Patron does not pause revision 2 again.
     w.kubectl("rollout", "resume", "deployment/web")
-    wait_for("the pause released", lambda: w.records("Rollback")[0]["state"] == "Reverted", timeout=30)
+    wait_for(lambda: w.records("Rollback")[0]["state"] == "Reverted", timeout=30, what="the pause released")
     time.sleep(10)
     assert not w.get("deployment", "web")["spec"].get("paused")
     assert w.status()["severity"] == "warning"
@@ -52,7 +53,7 @@ def test_bad_rollout_is_undone_once_like_kubectl_rollout_undo(world: World) -> N
     w = world
     bad_rollout(w, "undo")
     before = w.get("deployment", "web")["spec"]["template"]
-    wait_for("the undo", lambda: revision(w) == "3", timeout=90)
+    wait_for(lambda: revision(w) == "3", timeout=90, what="the undo")
     template = w.get("deployment", "web")["spec"]["template"]
     assert template["spec"]["containers"][0]["image"] == "registry.invalid/web:1"
     assert template["metadata"]["labels"] == {"app": "web"}  # no pod-template-hash

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.test_actions_helpers import World, deployment, slo, wait_for, world_fixture  # noqa: F401
+from tests.e2e.test_actions_helpers import World, deployment, slo, world_fixture  # noqa: F401
+from tests.support.wait import wait_for
 
 SCALE = {"target": {"name": "web"}, "step": 2, "maxReplicas": 5, "minSeverity": "warning", "cooldown": "10s"}
 
@@ -38,7 +39,7 @@ def test_scale_steps_to_the_bound_once_per_cooldown_and_is_restored(world: World
     w.exporter.set("bob", rps=10)
     w.start_operator()
     w.apply(slo(w.namespace, actions={"scale": SCALE}))
-    wait_for("a first evaluation", lambda: w.status().get("lastEvaluationTime"))
+    wait_for(lambda: w.status().get("lastEvaluationTime"), timeout=90, what="a first evaluation")
     w.exporter.set("acme", rps=10, errors=1.0)
 
     seen = watch(w, lambda: replicas(w), until=5)
@@ -58,7 +59,7 @@ def test_scale_steps_to_the_bound_once_per_cooldown_and_is_restored(world: World
     assert ("patron.dev", "Update", "scale") in w.managers("deployment", "web")  # through the scale subresource
 
     w.exporter.set("acme", rps=10)
-    wait_for("replicas restored", lambda: replicas(w) == 2, timeout=90)
+    wait_for(lambda: replicas(w) == 2, timeout=90, what="replicas restored")
     (record,) = w.records("Scale")
     assert (record["state"], record["detail"]) == ("Reverted", "restored 2 replicas: no impact for 20s")
     assert "Scale Deployment/web: restored 2 replicas: no impact for 20s" in w.messages("ActionReverted")
@@ -89,7 +90,7 @@ def test_with_an_hpa_its_min_replicas_is_raised_and_restored(world: World) -> No
     w.exporter.set("acme", rps=10)
     w.start_operator()
     w.apply(slo(w.namespace, actions={"scale": SCALE}))
-    wait_for("a first evaluation", lambda: w.status().get("lastEvaluationTime"))
+    wait_for(lambda: w.status().get("lastEvaluationTime"), timeout=90, what="a first evaluation")
     w.exporter.set("acme", rps=10, errors=1.0)
 
     def min_replicas() -> int:
@@ -100,12 +101,12 @@ def test_with_an_hpa_its_min_replicas_is_raised_and_restored(world: World) -> No
     (record,) = w.records("Scale")
     assert (record["target"], record["state"], record["original"]) == ("HorizontalPodAutoscaler/web-hpa", "Active", "2")
     # The HPA moves the Deployment; Patron never writes spec.replicas.
-    wait_for("the HPA to scale the Deployment", lambda: replicas(w) >= 4, timeout=60)
+    wait_for(lambda: replicas(w) >= 4, timeout=60, what="the HPA to scale the Deployment")
     assert not [m for m in w.managers("deployment", "web") if m[0] == "patron.dev"]
     assert ("patron.dev", "Update", "") in w.managers("hpa", "web-hpa")
 
     w.exporter.set("acme", rps=10)
-    wait_for("minReplicas restored", lambda: min_replicas() == 2, timeout=90)
+    wait_for(lambda: min_replicas() == 2, timeout=90, what="minReplicas restored")
     (record,) = w.records("Scale")
     assert (record["state"], record["detail"]) == ("Reverted", "restored 2 minReplicas: no impact for 20s")
     assert not [m for m in w.managers("deployment", "web") if m[0] == "patron.dev"]

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.test_actions_helpers import World, slo, wait_for, world_fixture  # noqa: F401
+from tests.e2e.test_actions_helpers import World, slo, world_fixture  # noqa: F401
+from tests.support.wait import wait_for
 
 # Keys of the ConfigMap that belong to others; byte for byte what must stay (odd bytes on purpose).
 OTHERS = {
@@ -46,10 +47,10 @@ def test_storming_customer_is_throttled_other_keys_untouched_then_lifted(world: 
     w.exporter.set("bigbot", rps=60)  # a retry storm: 6x its baseline
     w.exporter.set("carol", rps=10, errors=1.0)  # ...and others suffer: warning
 
-    got = wait_for("bigbot's entry", lambda: entries(w, "patron-checkout.yaml"), timeout=90)
+    got = wait_for(lambda: entries(w, "patron-checkout.yaml"), timeout=90, what="bigbot's entry")
     # limit = ceil(baseline 10 req/s x headroom 1.25) = 13
     assert got == [{"key": "customer_id", "value": "bigbot", "rate_limit": {"unit": "second", "requests_per_unit": 13}}]
-    shadow = wait_for("the shadow entry", lambda: entries(w, "patron-shadow.yaml"), timeout=30)
+    shadow = wait_for(lambda: entries(w, "patron-shadow.yaml"), timeout=30, what="the shadow entry")
     assert shadow == [{**got[0], "shadow_mode": True}]
     cm = w.get("configmap", "ratelimit-config")
     assert {k: v for k, v in cm["data"].items() if not k.startswith("patron-")} == OTHERS
@@ -66,8 +67,8 @@ def test_storming_customer_is_throttled_other_keys_untouched_then_lifted(world: 
 
     w.exporter.set("bigbot", rps=10)
     w.exporter.set("carol", rps=10)
-    wait_for("the entry removed after recovery", lambda: entries(w, "patron-checkout.yaml") is None, timeout=90)
-    wait_for("the shadow entry removed", lambda: entries(w, "patron-shadow.yaml") is None, timeout=30)
+    wait_for(lambda: entries(w, "patron-checkout.yaml") is None, timeout=90, what="the entry removed after recovery")
+    wait_for(lambda: entries(w, "patron-shadow.yaml") is None, timeout=30, what="the shadow entry removed")
     cm = w.get("configmap", "ratelimit-config")
     assert cm["data"] == OTHERS
     (record,) = w.records("Throttle")
@@ -87,6 +88,6 @@ def test_missing_config_map_is_reported_not_created(world: World) -> None:
     w.exporter.set("bigbot", rps=10)
     w.start_operator()
     w.apply(slo(w.namespace, actions={"throttle": throttle(False, "checkout")}))
-    wait_for("a first evaluation", lambda: w.status().get("lastEvaluationTime"))
+    wait_for(lambda: w.status().get("lastEvaluationTime"), timeout=90, what="a first evaluation")
     assert w.kubectl("get", "configmap", "ratelimit-config", check=False).returncode != 0
     assert w.condition("ActionsActive")["reason"] == "None"

@@ -12,7 +12,7 @@ import re
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from tests.e2e.conftest import REPO, run
 from tests.support.catalog import manifest
 from tests.support.operator import OperatorProcess
 from tests.support.promserver import PrometheusServer
+from tests.support.wait import wait_for
 
 if TYPE_CHECKING:  # imported by name, pytest would try to collect the class
     from tests.e2e.conftest import Testbed
@@ -40,19 +41,6 @@ def helm(testbed: Testbed, *args: str, check: bool = True, timeout: float = 180)
     return run(
         [str(testbed.bin_dir / "helm"), f"--kubeconfig={testbed.kubeconfig}", *args], check=check, timeout=timeout
     )
-
-
-def wait_for(
-    check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5, explain: Callable[[], str] | None = None
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (explain() if explain else ""))
-        time.sleep(interval)
 
 
 def unique(prefix: str) -> str:

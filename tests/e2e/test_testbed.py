@@ -7,10 +7,9 @@ import re
 import secrets
 import socket
 import threading
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,20 +22,10 @@ from kubernetes.client import ApiClient
 if TYPE_CHECKING:
     from conftest import Testbed
 
+from tests.support.wait import wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30, interval: float = 0.25) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def http_json(url: str, body: Any = None) -> Any:
@@ -103,7 +92,9 @@ def test_service_account_token_is_authenticated_and_rbac_denies_secrets(testbed:
 
 
 def test_prometheus_scrapes_itself(testbed: Testbed) -> None:
-    up = wait_for("up{job='prometheus'}", lambda: prom_query(testbed, 'up{job="prometheus"}'))
+    up = wait_for(
+        lambda: prom_query(testbed, 'up{job="prometheus"}'), timeout=30, what="up{job='prometheus'}", interval=0.25
+    )
     assert up[0]["value"][1] == "1"
 
 
@@ -146,8 +137,10 @@ def test_registered_exporter_is_scraped(testbed: Testbed, exporter: tuple[str, s
     target = register_target(testbed.targets_dir, f"smoke-{token}", address, {"job": "smoke"})
     try:
         series = wait_for(
-            "the test exporter's series in Prometheus",
             lambda: prom_query(testbed, f'patron_testbed_probe{{token="{token}"}}'),
+            timeout=30,
+            what="the test exporter's series in Prometheus",
+            interval=0.25,
         )
         assert series[0]["metric"]["job"] == "smoke"
         assert series[0]["metric"]["instance"] == address
@@ -170,7 +163,9 @@ def test_alert_posted_to_alertmanager_reaches_receiver(testbed: Testbed) -> None
         "startsAt": datetime.now(UTC).isoformat(),
     }
     http_json(f"{testbed.alertmanager_url}/api/v2/alerts", [alert])
-    received = wait_for("the alert in the receiver log", lambda: _alerts_with_token(testbed, token))
+    received = wait_for(
+        lambda: _alerts_with_token(testbed, token), timeout=30, what="the alert in the receiver log", interval=0.25
+    )
     assert received[0]["status"] == "firing"
     assert received[0]["annotations"]["summary"] == "test bed smoke test"
     served = http_json(testbed.alert_receiver_url + "/")
@@ -185,7 +180,12 @@ def test_prometheus_rule_alert_reaches_receiver(testbed: Testbed) -> None:
     try:
         http_json(f"{testbed.prometheus_url}/-/reload", body={})
         # Prometheus discovers its Alertmanager up to 5 s after a reload; the rule resends every 1 s.
-        wait_for("the rule's alert in the receiver log", lambda: _alerts_with_token(testbed, token))
+        wait_for(
+            lambda: _alerts_with_token(testbed, token),
+            timeout=30,
+            what="the rule's alert in the receiver log",
+            interval=0.25,
+        )
     finally:
         rule_file.unlink()
         http_json(f"{testbed.prometheus_url}/-/reload", body={})

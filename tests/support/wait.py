@@ -9,13 +9,20 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], timeout: float = 60, what: str = "condition", interval: float = 0.5) -> T:
-    """Call `check` until it returns something truthy; return that, or fail after `timeout` seconds."""
+def wait_for(
+    check: Callable[[], T | None],
+    timeout: float = 60,
+    what: str = "condition",
+    interval: float = 0.5,
+    explain: Callable[[], str] | None = None,
+) -> T:
+    """Call `check` until it returns something truthy; return that, or fail after `timeout` seconds
+    naming `what` (and what `explain()` says about the state at that moment)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (explain() if explain else ""))
         time.sleep(interval)
