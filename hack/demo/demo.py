@@ -784,12 +784,12 @@ class Demo:
     def keep_message(self) -> None:
         assert self.env is not None
         env = self.env
-        kubeconfig = env["KUBECONFIG"]
+        url_file = self.work / "operator.url"
+        metrics = url_file.read_text().strip() if url_file.exists() else "(the operator did not start)"
         print(
             f"""
-Everything keeps running. Explore:
-  export KUBECONFIG={kubeconfig}
-  export PATH={env["PATRON_TOOLS_BIN"]}:$PATH
+Everything keeps running. Explore (docs/demo.md):
+  eval "$(PATRON_TESTBED_DIR={self.state} hack/testbed.sh env)"; export PATH=$PATRON_TOOLS_BIN:$PATH
   kubectl get cslo -n {NAMESPACE}; kubectl describe cslo -n {NAMESPACE} {SLO_NAME}
   kubectl get events -n {NAMESPACE} --field-selector involvedObject.kind=CustomerSLO
   kubectl get configmap ratelimit-config -n {NAMESPACE} -o yaml
@@ -799,7 +799,7 @@ Everything keeps running. Explore:
   the shop      {self.shop_url}/admin/state
                 start a storm: curl -XPOST {self.shop_url}/admin/customers/bigbot -d '{{"mode":"storm","factor":10}}'
                 end it:        curl -XPOST {self.shop_url}/admin/customers/bigbot -d '{{"mode":"normal"}}'
-  Patron        its own metrics: {(self.work / "operator.url").read_text().strip()}
+  Patron        its own metrics: {metrics}
   logs          {self.work}/operator.log, {self.work}/shop.log
 Stop everything:  make demo DEMO_ARGS=down   (or hack/demo.sh down)""",
             flush=True,

