@@ -54,5 +54,6 @@ demo: venv tools
 	hack/demo.sh $(DEMO_ARGS)
 
 clean:
+	hack/demo.sh down || true
 	hack/testbed.sh down || true
-	rm -rf $(VENV) .testbed .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .testbed .testbed-demo .pytest_cache .mypy_cache .ruff_cache

@@ -113,7 +113,8 @@ def render(report: Mapping[str, Any], output: str) -> str:
     if not inc:
         lines.append(f"No incident recorded. Severity now: {report['severityNow']}.")
         return "\n".join(lines) + "\n"
-    dur = f"{inc['durationSeconds'] // 60} min" if inc["durationSeconds"] is not None else "ongoing"
+    seconds = inc["durationSeconds"]
+    dur = "ongoing" if seconds is None else f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
     facts = [
         ("Started", inc["started"]),
         ("Ended", inc["ended"] or "ongoing"),

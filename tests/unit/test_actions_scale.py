@@ -211,3 +211,23 @@ def test_invariants_over_any_history(start: int, history: list[tuple[str, int]],
     for change in scale.plan(sit, world.observed()).effects:
         world.values[change.target] = change.value
     assert world.values[target] == original
+
+
+def test_a_cooldown_skip_after_a_revert_keeps_waiting() -> None:
+    """Regression: the Skipped record replaced the Reverted one and the next evaluation stepped at once."""
+    tl, world = Timeline(make_spec({"scale": SCALE})), World(2)
+    world.step(tl, BAD)
+    tl.advance(2)
+    world.step(tl, GOOD)
+    tl.advance(20)
+    world.step(tl, GOOD)
+    assert (world.values[DEP], tl.records[0].state) == (2, "Reverted")  # reverted at t=22s
+    tl.advance(3)
+    plan = world.step(tl, BAD)  # a new incident within the cooldown of the revert
+    assert world.values[DEP] == 2 and plan.steps[0].verb == "skip"
+    tl.advance(3)
+    world.step(tl, BAD)
+    assert world.values[DEP] == 2  # still inside the cooldown
+    tl.advance(5)
+    world.step(tl, BAD)
+    assert world.values[DEP] == 4  # 10 s after the revert

@@ -111,6 +111,8 @@ def _raise(sit: Situation, spec: ScaleAction, target: str, obj: Scalable | None)
     bound = min(spec.max_replicas, obj.upper) if obj.upper else spec.max_replicas
     changed = at(before.since) if before is not None and before.state in ("Active", "Reverted") else None
     ready = changed + timedelta(seconds=parse_duration(spec.cooldown)) if changed else None
+    if before is not None and before.state == "Skipped" and before.expires:
+        ready = at(before.expires)  # a cooldown skip carries the end of the cooldown it waits for
     if current < bound and (ready is None or sit.now >= ready):
         value = min(current + spec.step, bound)
         record = new.model_copy(
@@ -126,7 +128,10 @@ def _raise(sit: Situation, spec: ScaleAction, target: str, obj: Scalable | None)
         f"at the bound {bound}" if current >= bound else f"cooldown {spec.cooldown} until {timestamp(ready or sit.now)}"
     )
     if active is None:
-        return skip(sit, new, f"not raised: {obj.unit} {obj.value}, {note}", f"Scale {target}: not raised: {note}"), ()
+        waiting = new.model_copy(update={"expires": timestamp(ready)}) if ready and current < bound else new
+        return skip(
+            sit, waiting, f"not raised: {obj.unit} {obj.value}, {note}", f"Scale {target}: not raised: {note}"
+        ), ()
     assert held is not None
     if obj.value < held:
         message = f"Scale {target}: {obj.unit} {obj.value} -> {held}, the value Patron holds (lowered by someone else)"
