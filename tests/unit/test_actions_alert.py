@@ -134,7 +134,7 @@ def test_dry_run_sends_nothing() -> None:
 @given(st.text(min_size=1, max_size=30))
 def test_customer_names_are_escaped_in_the_query(name: str) -> None:
     query = alert.error_ratio_query(make_spec(), name)
-    from patron.impact.selectors import parse_selector
+    from patron.api.selectors import parse_selector
 
     inner = query.split("rate(")[1].split("[5m]")[0]
     assert parse_selector(inner).matchers[-1].value == name

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from patron.impact.selectors import SelectorError, parse_selector, quote
+from patron.api.selectors import SelectorError, parse_selector, quote
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic.alias_generators import to_camel
 
 from patron.api.durations import DURATION_PATTERN, parse_duration
-from patron.impact.selectors import Selector, parse_selector
+from patron.api.selectors import Selector, parse_selector
 
 API_GROUP = "patron.dev"
 API_VERSION = "v1alpha1"

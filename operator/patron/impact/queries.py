@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from patron.api.durations import format_duration, parse_duration
 from patron.api.models import CustomerSLOSpec
-from patron.impact.selectors import Selector
+from patron.api.selectors import Selector
 
 FRESHNESS = "freshness"
 BASELINE_COVERAGE = "baseline coverage"
