@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
-from patron.actions import RELEASE_GIVE_UP, ActionContext, abandoned, act, release
+from patron.actions import ActionContext, abandoned, act, release
 from patron.actions import throttle as throttle_kind
 from patron.actions.plan import Situation, parse_records
 from patron.api.models import CustomerSLOSpec
 from patron.api.status import ActionRecord, TargetRef
-from patron.config import OperatorConfig
+from patron.config import RELEASE_GIVE_UP, OperatorConfig
 from patron.impact.assess import Assessment
 from patron.kube import MAX_RETRY_AFTER, RETRIES_429, InvalidName, StatusWriter, object_path
 from patron.reconcile import Event, evaluated
@@ -144,7 +144,7 @@ def test_delete_keeps_the_finalizer_until_given_back_then_gives_up_with_an_event
     assert abandoned(context, first.left) is None  # still within RELEASE_GIVE_UP
     context, second = releasing(T0 + timedelta(seconds=20))
     assert not second.done and state_of(kube, "Throttle") == "Reverting"
-    late = T0 + timedelta(seconds=5) + RELEASE_GIVE_UP
+    late = T0 + timedelta(seconds=5 + RELEASE_GIVE_UP)
     context, third = releasing(late)
     event = abandoned(context, third.left)
     assert event is not None and (event.reason, event.type) == ("ReleaseAbandoned", "Warning")

@@ -48,7 +48,6 @@ from patron.reconcile import Event, Outcome
 from patron.status import parse_timestamp, set_condition
 
 __all__ = [
-    "RELEASE_GIVE_UP",
     "ActionContext",
     "AlertmanagerClient",
     "Released",
@@ -60,9 +59,6 @@ __all__ = [
 
 
 UNTRUSTED = "the data cannot be trusted: actions are held"
-# On delete, the finalizer stays until everything held is given back, at most this long after the
-# deletionTimestamp; then Patron lets the CustomerSLO go with a ReleaseAbandoned Warning Event.
-RELEASE_GIVE_UP = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -129,14 +125,15 @@ async def release(context: ActionContext) -> Released:
 
 
 def abandoned(context: ActionContext, left: Sequence[ActionRecord]) -> Event | None:
-    """Past RELEASE_GIVE_UP after the deletionTimestamp: the ReleaseAbandoned Event naming what
-    was left behind (None while there is still time)."""
+    """Past config.release_give_up (RELEASE_GIVE_UP, 10 minutes by default) after the
+    deletionTimestamp: the ReleaseAbandoned Event naming what was left behind (None while there
+    is still time)."""
     deleted = context.obj["metadata"].get("deletionTimestamp")
-    if deleted is None or context.now < parse_timestamp(deleted) + RELEASE_GIVE_UP:
+    give_up = timedelta(seconds=context.config.release_give_up)
+    if deleted is None or context.now < parse_timestamp(deleted) + give_up:
         return None
     what = "; ".join(_held_text(r) for r in left) or "nothing recorded (the last attempt failed)"
-    minutes = int(RELEASE_GIVE_UP.total_seconds() // 60)
-    return Event("ReleaseAbandoned", f"gave up giving back after {minutes}m; left behind: {what}", "Warning")
+    return Event("ReleaseAbandoned", f"gave up giving back after {give_up}; left behind: {what}", "Warning")
 
 
 def _held_text(r: ActionRecord) -> str:
