@@ -10,7 +10,8 @@ the ConfigMap's resourceVersion; no other key is ever touched, and the ConfigMap
 - The key's content is a function of the Active records alone, so every evaluation re-asserts it.
   Its first line is the owner mark `# patron.dev/owner: <namespace>/<name>`: a key another
   CustomerSLO owns is never written (ActionsActive reason Conflict, an Event naming the owner).
-- At most MAX_THROTTLED customers are held at once (Active and Reverting records), loudest first.
+- At most MAX_THROTTLED customers have a throttle decision at once (Active, Reverting and Skipped
+  records: held, being lifted, or decided but not done), loudest first.
 """
 
 from __future__ import annotations
@@ -183,7 +184,8 @@ def plan(sit: Situation, config_maps: Mapping[str, ConfigMapState | None]) -> Pl
         config_map = config_maps.get(spec.config_map)
         expires = timestamp(sit.now + timedelta(seconds=parse_duration(spec.ttl)))
         owner = other_owner(sit, config_map, where)
-        room = MAX_THROTTLED - len(sit.of_type("Throttle", "Active", "Reverting"))
+        decided = sit.of_type("Throttle", "Active", "Reverting", "Skipped")
+        room = MAX_THROTTLED - sum(1 for r in decided if key_of(r) not in steps or steps[key_of(r)].record is not None)
         if owner is not None:
             conflicts = (f"ConfigMap {spec.config_map} key {where} is owned by {owner}: not throttled",)
         left_out = 0
@@ -211,6 +213,7 @@ def plan(sit: Situation, config_maps: Mapping[str, ConfigMapState | None]) -> Pl
                 limit=limit,
                 expires=expires,
             )
+            room -= 1
             if config_map is None:
                 reason = (
                     f"ConfigMap {spec.config_map} not found in namespace {sit.namespace}; "
@@ -218,7 +221,6 @@ def plan(sit: Situation, config_maps: Mapping[str, ConfigMapState | None]) -> Pl
                 )
                 steps[key] = skip(sit, record.model_copy(update={"state": "Skipped"}), reason)
             else:
-                room -= 1
                 message = f"Throttle {target} key {where} customer {customer.customer}: {detail}"
                 steps[key] = apply(sit, record, message + (" (shadow mode)" if spec.shadow else ""))
         if left_out:
