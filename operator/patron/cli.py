@@ -41,6 +41,32 @@ def _load_manifest(path: str) -> dict[str, Any]:
     return slos[0]
 
 
+def _manifest_namespace(manifest: dict[str, Any]) -> str:
+    """The manifest's namespace; `default`, as kubectl's, when it names none."""
+    return str((manifest.get("metadata") or {}).get("namespace") or "default")
+
+
+def _label_name(text: str) -> str:
+    from patron.api.tenancy import check_label_name
+
+    try:
+        return check_label_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_namespace_label(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--enforce-namespace-label",
+        dest="namespace_label",
+        metavar="LABEL",
+        type=_label_name,
+        default=os.environ.get("PATRON_ENFORCE_NAMESPACE_LABEL") or None,
+        help='tenancy: add LABEL="<the CustomerSLO\'s namespace>" to every selector and refuse selectors that '
+        "set LABEL otherwise (default: $PATRON_ENFORCE_NAMESPACE_LABEL; unset: off)",
+    )
+
+
 def _priority(value: str | None, peering: str | None) -> int:
     """Kopf peering priority: given, else random among replicas (Kopf pauses peers of equal priority)."""
     if value:
@@ -66,6 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness,
         peering=args.peering or None,
         priority=_priority(args.priority, args.peering),
+        namespace_label=args.namespace_label,
     )
     # Kopf's own formatters: FULL for people, JSON (one object per line, with the object's
     # namespace/name) for log pipelines.
@@ -99,7 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     manifest = _load_manifest(args.file)
     at = _parse_time(args.at) if args.at else datetime.now(UTC)
     try:
-        spec = parse_spec(manifest.get("spec") or {})
+        spec = parse_spec(manifest.get("spec") or {}, args.namespace_label, _manifest_namespace(manifest))
         assessment = evaluate(spec, Prometheus(args.prometheus), at)
     except DataProblem as problem:
         print(f"error: {problem.reason}: {problem.message}", file=sys.stderr)
@@ -168,7 +195,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     events = [client.sanitize_for_serialization(e) for e in listing.items]  # type: ignore[no-untyped-call]
     try:
-        spec = parse_spec(obj.get("spec") or {})
+        spec = parse_spec(obj.get("spec") or {}, args.namespace_label, namespace)
     except DataProblem as problem:
         raise SystemExit(f"error: {problem.message}") from None
     counts: dict[str, Series] | None = None
@@ -193,8 +220,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from patron.replay import render, replay
 
     manifest = _load_manifest(args.file)
+    namespace = _manifest_namespace(manifest)
     try:
-        spec = parse_spec(manifest.get("spec") or {})
+        spec = parse_spec(manifest.get("spec") or {}, args.namespace_label, namespace)
         steps = replay(
             spec,
             Prometheus(args.prometheus),
@@ -203,7 +231,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             timedelta(seconds=parse_duration(args.step)),
             replicas=args.replicas,
             name=str((manifest.get("metadata") or {}).get("name") or "replay"),
-            namespace=str((manifest.get("metadata") or {}).get("namespace") or "default"),
+            namespace=namespace,
         )
     except DataProblem as problem:
         print(f"error: {problem.reason}: {problem.message}", file=sys.stderr)
@@ -248,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Kopf peering priority; the highest live peer works, the others stand by (default: random with --peering)",
     )
     run.add_argument("--log-format", choices=("plain", "json"), default=os.environ.get("PATRON_LOG_FORMAT", "plain"))
+    _add_namespace_label(run)
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
 
@@ -256,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prometheus", required=True, help="Prometheus base URL")
     ev.add_argument("--at", help="evaluation time, RFC 3339 (default: now)")
     ev.add_argument("-o", "--output", choices=("json", "table"), default="table")
+    _add_namespace_label(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     rep = sub.add_parser("report", help="post-mortem of a CustomerSLO's current or last incident")
@@ -266,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus base URL for failed requests per customer (default: $PATRON_PROMETHEUS_URL)",
     )
     rep.add_argument("-o", "--output", choices=("table", "markdown", "json"), default="table")
+    _add_namespace_label(rep)
     rep.set_defaults(func=cmd_report)
 
     rp = sub.add_parser("replay", help="backtest a CustomerSLO over a past period with the operator's engine")
@@ -281,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replicas of actions.scale's target Deployment when the period starts (default 3; no HPA is assumed)",
     )
     rp.add_argument("-o", "--output", choices=("json", "table"), default="table")
+    _add_namespace_label(rp)
     rp.set_defaults(func=cmd_replay)
     return parser
 

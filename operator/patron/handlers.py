@@ -119,7 +119,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
         spec: CustomerSLOSpec | None = None
         assessment: Assessment | None = None
         try:
-            spec = parse_spec(obj.get("spec") or {})
+            spec = parse_spec(obj.get("spec") or {}, memo.config.namespace_label, namespace)
             assessment = await evaluate_now(spec, memo.prometheus)
             outcome = evaluated(spec, previous, assessment, generation, now)
             metrics.IMPACTED.labels(namespace, name).set(len(assessment.impacted))
