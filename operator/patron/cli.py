@@ -16,6 +16,7 @@ from typing import Any, cast
 import yaml
 
 from patron.config import OperatorConfig, split_list
+from patron.text import printable, table
 
 
 def _env_flag(name: str) -> bool:
@@ -129,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         spec = parse_spec(manifest.get("spec") or {}, args.namespace_label, _manifest_namespace(manifest))
         assessment = evaluate(spec, Prometheus(args.prometheus), at)
     except DataProblem as problem:
-        print(f"error: {problem.reason}: {problem.message}", file=sys.stderr)
+        print(printable(f"error: {problem.reason}: {problem.message}"), file=sys.stderr)
         return 2
     generation = (manifest.get("metadata") or {}).get("generation")
     status = evaluated(spec, {}, assessment, generation, at).status
@@ -148,7 +149,8 @@ def _print_table(status: dict[str, Any]) -> None:
         f"fraction={status['impactedFraction']:.2%} weighted={status['weightedImpact']:.2%} "
         f"lost={status['lostCustomers']} storming={status['stormingCustomers']} at={status['lastEvaluationTime']}"
     )
-    rows = [("CUSTOMER", "TIER", "ERROR RATIO", "BURN RATE", "BUDGET LEFT", "REQ/S", "LOST", "STORMING")]
+    header = ("CUSTOMER", "TIER", "ERROR RATIO", "BURN RATE", "BUDGET LEFT", "REQ/S", "LOST", "STORMING")
+    rows = []
     for i in status["impacted"]:
         rows.append(
             (
@@ -162,9 +164,7 @@ def _print_table(status: dict[str, Any]) -> None:
                 "yes" if i["storming"] else "",
             )
         )
-    widths = [max(len(r[n]) for r in rows) for n in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    print("\n".join(table(header, rows)))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -197,7 +197,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         spec = parse_spec(obj.get("spec") or {}, args.namespace_label, namespace)
     except DataProblem as problem:
-        raise SystemExit(f"error: {problem.message}") from None
+        raise SystemExit(printable(f"error: {problem.message}")) from None
     counts: dict[str, Series] | None = None
     window = report_time(obj, datetime.now(UTC))
     if window and args.prometheus:
@@ -205,7 +205,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             prom = Prometheus(args.prometheus)
             counts = {k: prom.query(q, window[1]) for k, q in incident_queries(spec, *window).items()}
         except DataProblem as problem:
-            print(f"warning: {problem.message}; failed requests per customer are left out", file=sys.stderr)
+            print(printable(f"warning: {problem.message}; failed requests per customer are left out"), file=sys.stderr)
     print(render(build_report(obj, events, counts, spec), args.output), end="")
     return 0
 
@@ -234,10 +234,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             namespace=namespace,
         )
     except DataProblem as problem:
-        print(f"error: {problem.reason}: {problem.message}", file=sys.stderr)
+        print(printable(f"error: {problem.reason}: {problem.message}"), file=sys.stderr)
         return 2
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(printable(f"error: {err}"), file=sys.stderr)
         return 2
     print(render(steps, args.output), end="")
     return 0
