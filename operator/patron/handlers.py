@@ -131,6 +131,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
             metrics.EVALUATIONS.labels(outcome=problem.reason).inc()
         finally:
             metrics.EVALUATION_SECONDS.observe(time.monotonic() - started)
+            metrics.LAST_EVALUATION.labels(namespace, name).set_to_current_time()
         context = ActionContext(
             obj=obj, kube=kube, config=memo.config, alerts=memo.get("alerts"), now=now, logger=logger
         )
