@@ -137,3 +137,16 @@ def test_enforce_is_idempotent() -> None:
     spec = CustomerSLOSpec.model_validate(body())
     once = enforce_namespace_label(spec, "namespace", "shop")
     assert enforce_namespace_label(once, "namespace", "shop") == once
+
+
+@pytest.mark.parametrize("command", [["run"], ["evaluate", "-f", "x", "--prometheus", "p"], ["report", "ns/n"]])
+def test_the_flag_and_its_environment_variable(command: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from patron.cli import build_parser
+
+    assert build_parser().parse_args(command).namespace_label is None  # off by default
+    assert build_parser().parse_args([*command, "--enforce-namespace-label", "ns"]).namespace_label == "ns"
+    monkeypatch.setenv("PATRON_ENFORCE_NAMESPACE_LABEL", "namespace")
+    assert build_parser().parse_args(command).namespace_label == "namespace"
+    monkeypatch.setenv("PATRON_ENFORCE_NAMESPACE_LABEL", "__name__")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(command)
