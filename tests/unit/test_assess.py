@@ -245,3 +245,18 @@ def test_partial_data_exactly_above_max_stale_fraction(
 def test_max_stale_fraction_is_bounded_at_apply_time() -> None:
     with pytest.raises(ValueError, match=r"max_stale_fraction|maxStaleFraction"):
         make_spec(impact={"maxStaleFraction": 1.5})
+
+
+def test_every_query_is_scoped_by_the_selectors_own_matchers() -> None:
+    """Regression: `group by (__name__) ({__name__=~"<metric>"})` read every series of the metric,
+    whatever the service: its cost grew with other CustomerSLOs' series."""
+    ratio = {"errors": 'req_total{service="a",code=~"5.."}', "total": 'req_total{service="a"}'}
+    latency = {"histogram": 'lat_seconds{service="a"}', "threshold": 0.5}
+    for indicator in ({"ratio": ratio}, {"latency": latency}):
+        queries = plan_queries(make_spec(indicator=indicator)).queries
+        assert all('service="a"' in q for q in queries.values()), queries
+        assert not any("__name__" in q for q in queries.values())
+    golden = plan_queries(make_spec(indicator={"ratio": ratio})).queries
+    assert golden[FRESHNESS] == 'time() - max by (customer) (timestamp(req_total{service="a"}))'
+    assert golden[ERRORS_SEEN] == 'group(req_total{service="a",code=~"5.."})'
+    assert golden[BASELINE_COVERAGE] == 'group by (customer) (req_total{service="a"} offset 2h)'
