@@ -214,7 +214,7 @@ def test_one_fresh_target_does_not_hide_stale_ones() -> None:
     with pytest.raises(DataProblem) as err:
         run(spec, traffic=traffic, stale=("c0", "c1", "c2", "c3", "c4"))
     assert err.value.reason == "PartialData"
-    assert "5 of 10 active customers" in err.value.message and "maxStaleFraction (10%)" in err.value.message
+    assert "5 of 10 active customers" in err.value.message and "maxStaleFraction (0.1)" in err.value.message
 
 
 def test_stale_customers_below_the_threshold_are_unknown_not_counted() -> None:

@@ -177,7 +177,7 @@ def _freshness(
             "PartialData",
             f"{len(stale)} of {len(active)} active customers ({len(stale) / len(active):.0%}) have no sample "
             f"newer than impact.staleAfter ({spec.impact.stale_after}), above impact.maxStaleFraction "
-            f"({limit:.0%}): a scrape target may be down",
+            f"({limit:g}): a scrape target may be down",
         )
     return newest, stale
 
