@@ -19,8 +19,9 @@ from patron.impact.assess import Assessment, DataProblem
 from patron.impact.evaluate import evaluate_now
 from patron.impact.prometheus import Prometheus
 from patron.kube import Kube, api_client
-from patron.reconcile import Outcome, evaluated, failed, material, parse_spec
+from patron.reconcile import Event, Outcome, evaluated, failed, material, parse_spec
 from patron.status import merge_patch, parse_timestamp
+from patron.text import printable
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
@@ -74,7 +75,7 @@ async def on_delete(name: str, namespace: str | None, memo: Any, logger: Logger,
             return
         context = ActionContext(obj, memo.kube, memo.config, memo.get("alerts"), datetime.now(UTC), logger)
         for event in await release(context):
-            kopf.event(cast(kopf.Body, obj), type=event.type, reason=event.reason, message=event.message[:1024])
+            _post(obj, event)
 
 
 @kopf.on.create(*RESOURCE)
@@ -119,7 +120,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
         spec: CustomerSLOSpec | None = None
         assessment: Assessment | None = None
         try:
-            spec = parse_spec(obj.get("spec") or {})
+            spec = parse_spec(obj.get("spec") or {}, memo.config.namespace_label, namespace)
             assessment = await evaluate_now(spec, memo.prometheus)
             outcome = evaluated(spec, previous, assessment, generation, now)
             metrics.IMPACTED.labels(namespace, name).set(len(assessment.impacted))
@@ -130,6 +131,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
             metrics.EVALUATIONS.labels(outcome=problem.reason).inc()
         finally:
             metrics.EVALUATION_SECONDS.observe(time.monotonic() - started)
+            metrics.LAST_EVALUATION.labels(namespace, name).set_to_current_time()
         context = ActionContext(
             obj=obj, kube=kube, config=memo.config, alerts=memo.get("alerts"), now=now, logger=logger
         )
@@ -138,7 +140,12 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
         if patch and _worth_writing(previous, outcome.status, now):
             await kube.patch_slo_status(namespace, name, patch)
         for event in outcome.events:
-            kopf.event(cast(kopf.Body, obj), type=event.type, reason=event.reason, message=event.message[:1024])
+            _post(obj, event)
+
+
+def _post(obj: dict[str, Any], event: Event) -> None:
+    """Post one Event on the CustomerSLO; customer names in its message are data: escaped."""
+    kopf.event(cast(kopf.Body, obj), type=event.type, reason=event.reason, message=printable(event.message)[:1024])
 
 
 def _worth_writing(previous: dict[str, Any], status: dict[str, Any], now: datetime) -> bool:

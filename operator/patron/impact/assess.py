@@ -7,13 +7,13 @@ rate(c, w) and errorRatio(c, w) come from the grouped queries of `patron.impact.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from patron.api.durations import parse_duration
 from patron.api.models import SEVERITY_ORDER, CustomerSLOSpec, Tier
+from patron.api.regex import compile_re2
 from patron.impact.queries import (
     BASELINE_COVERAGE,
     ERRORS_SEEN,
@@ -103,10 +103,10 @@ def error_ratio(bad: float, total: float, bad_is_good: bool) -> float:
 
 
 class TierIndex:
-    """Tier lookup: the first tier that lists a customer or whose pattern matches it (re.search)."""
+    """Tier lookup: the first tier that lists a customer or whose pattern matches it (RE2 search)."""
 
     def __init__(self, tiers: Sequence[Tier]) -> None:
-        self._tiers = [(t, set(t.customers), re.compile(t.pattern) if t.pattern else None) for t in tiers]
+        self._tiers = [(t, set(t.customers), compile_re2(t.pattern) if t.pattern else None) for t in tiers]
 
     def __call__(self, customer: str) -> Tier | None:
         for tier, names, pattern in self._tiers:
@@ -265,7 +265,7 @@ def assess(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]
     baseline_rates = {c: r for c, r in totals.get(total_key(l_win, baseline), {}).items() if c in covered}
     if bad_is_good:
         _check_buckets(spec, long_.rates, long_.bads)
-    ignore = [re.compile(p) for p in spec.customers.ignore]
+    ignore = [compile_re2(p) for p in spec.customers.ignore]
     allowed = spec.error_budget
     active = [
         c
