@@ -71,7 +71,11 @@ class ActionRecord(Model):
     (`original` plus the held value at the start of `detail`) are migrated when read."""
 
     type: ActionType
-    target: str = Field(pattern=TARGET_PATTERN, max_length=300, description="For people, and the record's key.")
+    target: str = Field(
+        pattern=TARGET_PATTERN,
+        max_length=len("HorizontalPodAutoscaler/") + 253,
+        description="For people, and the record's key.",
+    )
     target_ref: TargetRef | None = Field(default=None, description="The object changed (absent for alerts).")
     customer: str | None = None
     state: ActionState
