@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -9,7 +11,7 @@ import pytest
 
 from patron.impact.prometheus import Prometheus
 from patron.reconcile import parse_spec
-from patron.report import build_report, incident_queries, render
+from patron.report import IncidentData, build_report, incident_queries, minute_queries, range_step, render
 from patron.status import timestamp
 from tests.support.catalog import manifest
 from tests.support.promserver import PrometheusServer
@@ -76,3 +78,39 @@ def test_no_incident() -> None:
                           parse_spec(body["spec"]))  # fmt: skip
     assert report["incident"] is None
     assert "No incident recorded" in render(report, "markdown")
+
+
+def test_outreach_minutes_from_range_queries(scenario_prometheus: PrometheusServer, scenario_end: float) -> None:
+    """storm-hurts: victim fails every request for the last 40 minutes; bigbot storms; peers are fine."""
+    body = manifest("storm-hurts", customers={"tiers": [{"name": "gold", "weight": 5, "customers": ["peer-00"]}]})
+    spec = parse_spec(body["spec"])
+    end = datetime.fromtimestamp(scenario_end, UTC)
+    start = end - timedelta(minutes=45)
+    affected = ["victim", "bigbot", "peer-00"]
+    obj = {
+        "metadata": {"namespace": "shop", "name": "storm-hurts"},
+        "status": {
+            "incident": {"started": timestamp(start), "ended": timestamp(end), "affected": affected},
+            "actions": [{"type": "Throttle", "customer": "bigbot", "state": "Reverted", "since": timestamp(end)}],
+        },
+    }
+    prom = Prometheus(scenario_prometheus.url)
+    step = range_step(start, end)
+    queries = minute_queries(spec, step)
+    assert step == 60 and len(queries) == 2  # one grouped query per kind, whatever the customers
+    minutes = {k: prom.query_range(q, start, end, step) for k, q in queries.items()}
+    counts = {k: prom.query(q, end) for k, q in incident_queries(spec, start, end).items()}
+    report = build_report(obj, [], counts, spec, IncidentData(minutes=minutes))
+    rows = report["incident"]["outreach"]
+    assert [r["customer"] for r in rows] == ["peer-00", "victim", "bigbot"]  # gold first, then by failures
+    peer, victim, bigbot = rows
+    assert peer["firstFailedMinute"] is None and peer["failedRequests"] == 0 and peer["worstErrorRatio"] == 0
+    first = datetime.fromisoformat(victim["firstFailedMinute"].replace("Z", "+00:00"))
+    last = datetime.fromisoformat(victim["lastFailedMinute"].replace("Z", "+00:00"))
+    assert abs((first - (end - timedelta(minutes=40))).total_seconds()) <= 90
+    assert (end - last).total_seconds() <= 150
+    assert victim["failedRequests"] == pytest.approx(2 * 40 * 60, rel=0.05)
+    assert victim["worstErrorRatio"] == pytest.approx(1.0, abs=0.01)
+    assert bigbot["throttled"] and not victim["throttled"]
+    rendered = list(csv.DictReader(io.StringIO(render(report, "csv"), newline="")))
+    assert [r["customer"] for r in rendered] == ["peer-00", "victim", "bigbot"]
