@@ -225,7 +225,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from patron.report import IncidentData, build_report, render, report_time
 
     namespace, name = _report_target(args)
-    client = api_client(args.kubeconfig, args.context)
+    try:
+        client = api_client(args.kubeconfig, args.context)
+    except (kubernetes.config.ConfigException, OSError) as err:
+        raise SystemExit(printable(f"error: cannot load the Kubernetes configuration: {err}")) from None
     try:
         obj = cast(
             dict[str, Any],
