@@ -351,9 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "-o",
         "--output",
-        choices=("table", "markdown", "json", "csv"),
+        choices=("table", "markdown", "json", "csv", "html"),
         default="table",
-        help="csv: the outreach list, one row per affected customer",
+        help="csv: the outreach list, one row per affected customer; html: one self-contained page with charts",
     )
     rep.add_argument("--file", help="write the report to FILE instead of stdout")
     _add_namespace_label(rep)

@@ -270,6 +270,10 @@ def render(report: Mapping[str, Any], output: str) -> str:
         return json.dumps(report, ensure_ascii=False, indent=2)
     if output == "csv":
         return render_csv(report)
+    if output == "html":
+        from patron.report_html import render_html
+
+        return render_html(report)
     md = output == "markdown"
     head = "## " if md else ""
     lines = [f"{head}Incident report: {report['customerSLO']} ({report['service']}, objective {report['objective']}%)"]
@@ -277,33 +281,44 @@ def render(report: Mapping[str, Any], output: str) -> str:
     if not inc:
         lines.append(f"No incident recorded. Severity now: {report['severityNow']}.")
         return "\n".join(printable(line) for line in lines) + "\n"
-    seconds = inc["durationSeconds"]
-    dur = "ongoing" if seconds is None else f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
-    facts = [
-        ("Started", inc["started"]),
-        ("Ended", inc["ended"] or "ongoing"),
-        ("Duration", dur),
-        ("Peak severity", inc["peakSeverity"]),
-        ("Customers affected", str(inc["customersAffected"])),
-        ("Peak impacted at once", str(inc["peakImpactedCustomers"])),
-        ("Lost customers", ", ".join(inc["lostCustomers"]) or "none"),
-        ("Storming customers", ", ".join(inc["stormingCustomers"]) or "none"),
-    ]
+    facts = summary_facts(inc)
     lines += [f"- **{k}:** {v}" if md else f"{k + ':':<24}{v}" for k, v in facts]
     lines.append("")
     lines.append(f"{'### ' if md else ''}Worst-hit customers")
     if inc["failedRequestsByCustomer"] is None:
         lines.append("(Prometheus not reachable: failed requests per customer unknown)")
     else:
-        rows = [
-            (c["customer"], c["tier"], str(c["failedRequests"]), str(c["requests"]), f"{c['errorRatio']:.2%}")
-            for c in inc["worstCustomers"]
-        ]
-        lines += _table(("CUSTOMER", "TIER", "FAILED", "REQUESTS", "ERROR RATIO"), rows, md)
+        lines += _table(WORST_HEADER, worst_rows(inc), md)
     lines.append("")
     lines.append(f"{'### ' if md else ''}Timeline")
     lines += _table(("TIME", "EVENT", "DETAIL"), [(r["time"], r["event"], r["message"]) for r in inc["timeline"]], md)
     return "\n".join(printable(line) for line in lines) + "\n"
+
+
+def summary_facts(inc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The incident's summary as (label, value) pairs, the same in every format."""
+    seconds = inc["durationSeconds"]
+    dur = "ongoing" if seconds is None else f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+    return [
+        ("Started", inc["started"]),
+        ("Ended", inc["ended"] or "ongoing"),
+        ("Duration", dur),
+        ("Peak severity", str(inc["peakSeverity"])),
+        ("Customers affected", str(inc["customersAffected"])),
+        ("Peak impacted at once", str(inc["peakImpactedCustomers"])),
+        ("Lost customers", ", ".join(inc["lostCustomers"]) or "none"),
+        ("Storming customers", ", ".join(inc["stormingCustomers"]) or "none"),
+    ]
+
+
+WORST_HEADER = ("CUSTOMER", "TIER", "FAILED", "REQUESTS", "ERROR RATIO")
+
+
+def worst_rows(inc: Mapping[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    return [
+        (c["customer"], c["tier"], str(c["failedRequests"]), str(c["requests"]), f"{c['errorRatio']:.2%}")
+        for c in inc["worstCustomers"]
+    ]
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> list[str]:

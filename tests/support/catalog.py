@@ -36,6 +36,17 @@ SCENARIOS: dict[str, list[Customer]] = {
     "slow": [Customer("sloth", (Phase(10 * 24 * HOUR, 2.0), Phase(40 * MIN, 2.0, slow=0.5))), *many("fast-", 10, 2.0)],
     # (i) names that need escaping everywhere, all fully down.
     "weird": [changed(name, 1.0, Phase(40 * MIN, 1.0, errors=1.0)) for name in WEIRD] + list(many("ok-", 5, 1.0)),
+    # (j) an outage that spreads and heals: one more of spread-0..4 fails fully every 4 minutes from
+    # 40 minutes ago, each for 16 minutes (the last heals 8 minutes ago); bigbot storms (5x) for the
+    # last 15; 10 peers are fine.
+    "spreading": [
+        *(
+            changed(f"spread-{i}", 2.0, Phase((40 - 4 * i) * MIN, 2.0, errors=1.0), Phase((24 - 4 * i) * MIN, 2.0))
+            for i in range(5)
+        ),
+        changed("bigbot", 2.0, Phase(15 * MIN, 10.0)),
+        *many("fine-", 10, 2.0),
+    ],
     # healthy: nothing to see.
     "healthy": list(many("h-", 30, 1.0)),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -125,3 +126,42 @@ def test_csv_without_incident_is_the_header() -> None:
         '"customer","tier","first_failed_minute","last_failed_minute","failed_requests","worst_error_ratio",'
         '"lost","storming","throttled"'
     ]
+
+
+def at(minutes: int) -> str:
+    return timestamp(START + timedelta(minutes=minutes))
+
+
+def chart_report(**data: Any) -> dict[str, Any]:
+    names = ["<script>alert(1)</script>", "evil\x1b[2J\u202e", 'quote"s & amps']
+    counts = {"requests": [({"customer": c}, 100.0) for c in names], "bad": [({"customer": c}, 10.0) for c in names]}
+    events = [
+        {"reason": "ImpactStarted", "message": "warning", "lastTimestamp": timestamp(START)},
+        {"reason": "ActionApplied", "message": "Throttle <img src=x> on evil", "lastTimestamp": at(2)},
+        {"reason": "ActionReverted", "message": "Throttle lifted", "lastTimestamp": at(9)},
+    ]
+    return build_report(incident_obj(names), events, counts, spec(), IncidentData(**data))
+
+
+def test_html_escapes_every_name_and_fetches_nothing() -> None:
+    over_time = [({"state": "active"}, [(minute(i), 3.0) for i in range(11)]),
+                 ({"state": "impacted"}, [(minute(i), float(i % 3)) for i in range(11)])]  # fmt: skip
+    page = render(chart_report(customers=over_time), "html")
+    assert "<script" not in page and "<img" not in page and "\x1b" not in page and "\u202e" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "evil\\x1b[2J\\u202e" in page and "quote&quot;s &amp; amps" in page
+    # Self-contained: no URL an agent would fetch, no script; the SVG namespace is the only URL.
+    assert re.search(r"<[^>]*\b(src|href|action)\s*=", page) is None and "@import" not in page and "url(" not in page
+    assert page.count("http") == page.count('xmlns="http://www.w3.org/2000/svg"') == 2
+    # Two polylines of 11 points each, two numbered action markers on the time axis.
+    assert page.count("<polyline") == 2 and page.count("stroke-dasharray") == 2
+    assert "No data" not in page
+
+
+def test_html_without_metrics_or_prometheus_says_so() -> None:
+    page = render(chart_report(), "html")
+    assert "No data: Prometheus holds no patron_customerslo_customers" in page and "<polyline" not in page
+    blind = build_report(incident_obj(["acme"]), [], None, spec())
+    assert "No data: Prometheus was not reachable" in render(blind, "html")
+    none = build_report({"metadata": {"namespace": "a", "name": "b"}, "status": {}}, [], None, spec())
+    assert "No incident recorded" in render(none, "html")
