@@ -196,7 +196,14 @@ def _incident_data(
     Each part that cannot be read is left out (None) with a warning; nothing is made up.
     """
     from patron.impact.assess import DataProblem
-    from patron.report import IncidentData, incident_queries, minute_queries, operator_query, range_step
+    from patron.report import (
+        IncidentData,
+        chart_step,
+        incident_queries,
+        minute_queries,
+        operator_query,
+        range_step,
+    )
 
     counts: dict[str, Any] | None = None
     minutes: dict[str, Any] | None = None
@@ -208,7 +215,7 @@ def _incident_data(
     except DataProblem as problem:
         print(printable(f"warning: {problem.message}; failed requests per customer are left out"), file=sys.stderr)
     try:
-        customers = prom.query_range(operator_query(namespace, name), window[0], window[1], step)
+        customers = prom.query_range(operator_query(namespace, name), *window, chart_step(*window))
     except DataProblem as problem:
         print(printable(f"warning: {problem.message}; the customers chart is left out"), file=sys.stderr)
     return counts, IncidentData(minutes=minutes, customers=customers)

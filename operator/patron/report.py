@@ -33,6 +33,8 @@ INCIDENT_EVENTS = ("ImpactStarted", "ImpactResolved")
 WORST = 10
 # Range queries stay under Prometheus' 11,000 points per series: the step grows in whole minutes.
 MAX_POINTS = 10_000
+# Points across the HTML report's customers chart (the operator's own metrics).
+CHART_POINTS = 500
 OUTREACH_COLUMNS = (
     "customer",
     "tier",
@@ -66,6 +68,11 @@ def range_step(started: datetime, ended: datetime) -> int:
     """Seconds between points of the incident's range queries: 60, or whole minutes keeping <= MAX_POINTS."""
     seconds = max(0.0, (ended - started).total_seconds())
     return 60 * max(1, math.ceil(seconds / MAX_POINTS / 60))
+
+
+def chart_step(started: datetime, ended: datetime) -> int:
+    """Seconds between points of the customers chart: about CHART_POINTS points, at least one a second."""
+    return max(1, math.ceil((ended - started).total_seconds() / CHART_POINTS))
 
 
 def minute_queries(spec: CustomerSLOSpec, step: int) -> dict[str, str]:
