@@ -230,6 +230,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from patron.kube import api_client
     from patron.reconcile import parse_spec
     from patron.report import IncidentData, build_report, render, report_time
+    from patron.report_html import render_html
 
     namespace, name = _report_target(args)
     try:
@@ -257,7 +258,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     window = report_time(obj, datetime.now(UTC))
     if window and args.prometheus:
         counts, data = _incident_data(Prometheus(args.prometheus), spec, namespace, name, window)
-    text = render(build_report(obj, events, counts, spec, data), args.output)
+    report = build_report(obj, events, counts, spec, data)
+    text = render_html(report) if args.output == "html" else render(report, args.output)
     if args.file:
         Path(args.file).write_text(text, encoding="utf-8", newline="")
     else:

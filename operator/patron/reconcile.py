@@ -14,8 +14,9 @@ from patron.api.tenancy import TenancyError, enforce_namespace_label
 from patron.impact.assess import Assessment, DataProblem
 from patron.status import impact_fields, impact_message, next_incident, set_condition
 
-# Status fields that change every evaluation without meaning anything changed.
-VOLATILE = ("lastEvaluationTime",)
+# Status fields that change every evaluation without meaning anything changed: a status that
+# differs only in these is not written (but for the heartbeat), and no message carries them.
+VOLATILE = ("lastEvaluationTime", "dataAgeSeconds")
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def evaluated(
     status = dict(previous)
     status.update(impact_fields(spec, a, previous, now))
     status["observedGeneration"] = generation
-    ready_msg = f"evaluated {a.active_count} active customers; newest sample {a.data_age:.0f}s old"
+    ready_msg = f"evaluated {a.active_count} active customers"
     if a.notes:
         ready_msg += "; " + "; ".join(a.notes)
     conditions = set_condition(

@@ -2,8 +2,8 @@
 
 `build_report` is pure: the CustomerSLO as stored, its Events, and what Prometheus holds about the
 incident (per-customer counts, per-minute series, the operator's own metrics; each None when
-unavailable) in; a plain dict out, rendered as a table, Markdown, JSON, CSV (the outreach list) or
-HTML (patron.report_html). The CLI does the I/O.
+unavailable) in; a plain dict out, rendered as a table, Markdown, JSON or CSV (the outreach list) here,
+as HTML by patron.report_html. The CLI does the I/O.
 """
 
 from __future__ import annotations
@@ -277,10 +277,6 @@ def render(report: Mapping[str, Any], output: str) -> str:
         return json.dumps(report, ensure_ascii=False, indent=2)
     if output == "csv":
         return render_csv(report)
-    if output == "html":
-        from patron.report_html import render_html
-
-        return render_html(report)
     md = output == "markdown"
     head = "## " if md else ""
     lines = [f"{head}Incident report: {report['customerSLO']} ({report['service']}, objective {report['objective']}%)"]

@@ -27,6 +27,7 @@ from patron.report import (
     render,
     summary_facts,
 )
+from patron.report_html import render_html
 from patron.status import parse_timestamp, timestamp
 from tests.support.catalog import manifest
 from tests.support.promserver import PrometheusServer
@@ -204,7 +205,7 @@ def test_html_report_renders_in_chromium(
     counts = {k: prom.query(q, window[1]) for k, q in incident_queries(spec, *window).items()}
     report = build_report(obj, events, counts, spec, data)
     page = tmp_path / "report.html"
-    page.write_text(render(report, "html"), encoding="utf-8")
+    page.write_text(render_html(report), encoding="utf-8")
 
     shot = tmp_path / "report.png"
     chromium(tmp_path, f"--screenshot={shot}", "--window-size=1000,1900", page.as_uri())

@@ -12,6 +12,7 @@ import pytest
 
 from patron.reconcile import parse_spec
 from patron.report import IncidentData, build_report, render, spreadsheet_safe
+from patron.report_html import render_html
 from patron.status import timestamp
 from tests.support.catalog import manifest
 
@@ -146,7 +147,7 @@ def chart_report(**data: Any) -> dict[str, Any]:
 def test_html_escapes_every_name_and_fetches_nothing() -> None:
     over_time = [({"state": "active"}, [(minute(i), 3.0) for i in range(11)]),
                  ({"state": "impacted"}, [(minute(i), float(i % 3)) for i in range(11)])]  # fmt: skip
-    page = render(chart_report(customers=over_time), "html")
+    page = render_html(chart_report(customers=over_time))
     assert "<script" not in page and "<img" not in page and "\x1b" not in page and "\u202e" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "evil\\x1b[2J\\u202e" in page and "quote&quot;s &amp; amps" in page
@@ -159,9 +160,9 @@ def test_html_escapes_every_name_and_fetches_nothing() -> None:
 
 
 def test_html_without_metrics_or_prometheus_says_so() -> None:
-    page = render(chart_report(), "html")
+    page = render_html(chart_report())
     assert "No data: Prometheus holds no patron_customerslo_customers" in page and "<polyline" not in page
     blind = build_report(incident_obj(["acme"]), [], None, spec())
-    assert "No data: Prometheus was not reachable" in render(blind, "html")
+    assert "No data: Prometheus was not reachable" in render_html(blind)
     none = build_report({"metadata": {"namespace": "a", "name": "b"}, "status": {}}, [], None, spec())
-    assert "No incident recorded" in render(none, "html")
+    assert "No incident recorded" in render_html(none)

@@ -284,6 +284,13 @@ class Impact(Model):
     stale_after: Duration = Field(
         default="5m", description="Data whose newest sample is older than this is stale: nothing is acted on."
     )
+    max_stale_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Above this fraction of active customers without a sample newer than staleAfter, "
+        "Ready=False (PartialData) and nothing is acted on; below it those customers are unknown, not counted.",
+    )
 
 
 class AlertAction(Model):

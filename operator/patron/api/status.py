@@ -74,6 +74,11 @@ class CustomerSLOStatus(Model):
     lost_customers: int | None = None
     storming_customers: int | None = None
     last_evaluation_time: str | None = None
+    data_age_seconds: int | None = Field(
+        default=None,
+        description="Age of the newest sample at lastEvaluationTime; like lastEvaluationTime, a change "
+        "in it alone is not written but with the heartbeat.",
+    )
     impacted: list[ImpactedCustomer] = Field(default_factory=list)
     actions: list[ActionRecord] = Field(default_factory=list)
     incident: Incident | None = None
