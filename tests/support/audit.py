@@ -9,7 +9,7 @@ not a resource request and is granted to every user by Kubernetes' own `system:d
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,10 +31,13 @@ class Audit:
     requests: int
 
 
-def read_audit(log: Path, username: str, skip_user_agents: tuple[str, ...] = ("kubectl/",)) -> Audit:
+def read_audit(
+    log: Path, username: str, skip_user_agents: tuple[str, ...] = ("kubectl/",), namespaces: Set[str] | None = None
+) -> Audit:
     """The requests `username` made, from `log` and its rotated files (one event per auditID).
 
-    `skip_user_agents`: requests a test made with the same token (e.g. `kubectl auth can-i`)."""
+    `skip_user_agents`: requests a test made with the same token (e.g. `kubectl auth can-i`).
+    `namespaces`: only requests in these ("" for cluster scope and all namespaces at once)."""
     used: set[Verb] = set()
     refused: set[Verb] = set()
     seen: set[str] = set()
@@ -49,6 +52,8 @@ def read_audit(log: Path, username: str, skip_user_agents: tuple[str, ...] = ("k
             ref = event.get("objectRef")
             if ref is None:
                 continue  # discovery: a non-resource URL
+            if namespaces is not None and ref.get("namespace", "") not in namespaces:
+                continue
             resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
             verb = Verb(event["verb"], ref.get("apiGroup", ""), resource)
             code = int(event.get("responseStatus", {}).get("code", 0))

@@ -195,7 +195,7 @@ DEPLOYMENTS = {("apps", "deployments", ("get", "patch"))}  # scale (owner annota
 ROLLBACK = {("apps", "replicasets", ("list",))}
 NAMESPACED = FRAMEWORK | THROTTLE | SCALE | DEPLOYMENTS  # the defaults: rollback off
 CRDS = {("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"))}
-PEERING_VERBS = ("get", "list", "patch", "watch")
+PEERING_VERBS = ("list", "patch", "watch")
 CLUSTER_PEERING = {(g, "clusterkopfpeerings", PEERING_VERBS) for g in ("zalando.org", "kopf.dev")}
 NAMESPACED_PEERING = {(g, "kopfpeerings", PEERING_VERBS) for g in ("zalando.org", "kopf.dev")}
 

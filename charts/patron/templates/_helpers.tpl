@@ -64,7 +64,7 @@ actions.<name>.enabled value.
 # Framework (Kopf): peering for HA; namespaced operators use a KopfPeering in each namespace.
 - apiGroups: [zalando.org, kopf.dev]
   resources: [kopfpeerings]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 {{- end }}
 # The CustomerSLOs: Kopf lists and watches them and patches its finalizer and annotations; Patron
 # reads one by name before it evaluates or releases it, and merge-patches its status.
@@ -120,7 +120,7 @@ actions.<name>.enabled value.
 # Framework (Kopf): peering for HA; cluster-wide operators use a ClusterKopfPeering.
 - apiGroups: [zalando.org, kopf.dev]
   resources: [clusterkopfpeerings]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 {{- end }}
 {{- end }}
 {{- end -}}
