@@ -195,6 +195,7 @@ def test_install_reports_what_it_installed(testbed: Testbed, release: Release) -
     assert release.install_seconds < 30
     assert f"It serves CustomerSLOs in: {release.watched[0]} (a Role in each; nothing elsewhere)." in release.notes
     assert "Helm keeps the CustomerSLO CRD" in release.notes
+    assert "Actions it may take (RBAC, values actions.<name>.enabled): throttle, scale;" in release.notes
     status = json.loads(helm(testbed, "status", release.name, "-n", release.namespace, "-o", "json").stdout)
     assert status["info"]["status"] == "deployed"
     deployment = json.loads(
