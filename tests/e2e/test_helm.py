@@ -216,7 +216,6 @@ GRANTED = [
     ("patch", "customerslos.patron.dev/status", "WATCHED"),
     ("create", "events", "WATCHED"),
     ("patch", "deployments.apps", "WATCHED"),
-    ("patch", "deployments.apps/scale", "WATCHED"),
     ("list", "horizontalpodautoscalers.autoscaling", "WATCHED"),
     ("patch", "horizontalpodautoscalers.autoscaling", "WATCHED"),
     ("get", "configmaps", "WATCHED"),
@@ -244,6 +243,7 @@ REFUSED = [
     ("list", "configmaps", None),
     ("list", "deployments.apps", "WATCHED"),
     ("watch", "deployments.apps", "WATCHED"),
+    ("patch", "deployments.apps/scale", "WATCHED"),  # scale patches the Deployment itself
     ("update", "deployments.apps/scale", "WATCHED"),
     ("list", "replicasets.apps", "WATCHED"),
     ("update", "customerslos.patron.dev/status", "WATCHED"),

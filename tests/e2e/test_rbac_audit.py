@@ -41,22 +41,9 @@ if TYPE_CHECKING:
 
 INSTANCE = "app.kubernetes.io/instance"
 
-# Granted for a path this test does not take; each entry that the code does use fails the test
-# (it must then leave this list).
-UNEXERCISED = {
-    Verb("get", "autoscaling", "horizontalpodautoscalers"): (
-        "scale reads a held HPA by name only when it no longer targets the Deployment (renamed or"
-        " retargeted while held); this cycle keeps the HPA"
-    ),
-}
-# Verbs the chart grants for the ownership annotation (patron.dev/owner on a Deployment Patron
-# scales, docs/install.md, RBAC) that main's scale action does not make yet: with scale alone
-# (rollback off) they are unused until the owner annotation lands. An entry that is used fails the
-# test, so this list goes with that change.
-OWNER_PENDING = {
-    Verb("get", "apps", "deployments"): "reads patron.dev/owner of a Deployment before scaling it",
-    Verb("patch", "apps", "deployments"): "merge-patches patron.dev/owner onto a Deployment it scales",
-}
+# Granted for a path this test does not take, with the reason; an entry that the code does use
+# fails the test (it must then leave this list). Empty: the cycle takes every granted verb.
+UNEXERCISED: dict[Verb, str] = {}
 
 THROTTLE = {"configMap": "ratelimit-config", "domain": "checkout", "descriptorKey": "customer_id"}
 
@@ -237,11 +224,10 @@ def audit_report(testbed: Testbed, cycles: list[Cycle]) -> dict[str, dict[str, A
     for c in cycles:
         audit = read_audit(testbed.state_dir / "audit.log", service_account(c.namespace, c.release))
         assert audit.requests, f"no audit events for {c.release}: is the test bed older than its audit log?"
-        unexercised = UNEXERCISED | ({} if c.rollback else OWNER_PENDING)
         report[c.release] = {
             "config": "rollback enabled" if c.rollback else "defaults",
             "used": sorted(map(str, audit.used)),
-            **differences(audit, granted(c.roles()), unexercised),
+            **differences(audit, granted(c.roles()), UNEXERCISED),
         }
     return report
 

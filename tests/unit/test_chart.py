@@ -187,11 +187,8 @@ FRAMEWORK = {
     ("patron.dev", "customerslos/status", ("patch",)),
 }
 THROTTLE = {("", "configmaps", ("get", "patch"))}
-SCALE = {
-    ("apps", "deployments/scale", ("get", "patch")),
-    ("autoscaling", "horizontalpodautoscalers", ("get", "list", "patch")),
-}
-DEPLOYMENTS = {("apps", "deployments", ("get", "patch"))}  # scale (owner annotation) or rollback
+SCALE = {("autoscaling", "horizontalpodautoscalers", ("get", "list", "patch"))}
+DEPLOYMENTS = {("apps", "deployments", ("get", "patch"))}  # scale (replicas, owner annotation) or rollback
 ROLLBACK = {("apps", "replicasets", ("list",))}
 NAMESPACED = FRAMEWORK | THROTTLE | SCALE | DEPLOYMENTS  # the defaults: rollback off
 CRDS = {("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"))}

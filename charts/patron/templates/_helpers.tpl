@@ -83,19 +83,16 @@ actions.<name>.enabled value.
   verbs: [get, patch]
 {{- end }}
 {{- if .scale.enabled }}
-# actions.scale: a Deployment's replicas through its scale subresource, or the minReplicas of the HPA
-# that targets it (listed to find it, read by name when a held one no longer targets it).
-- apiGroups: [apps]
-  resources: [deployments/scale]
-  verbs: [get, patch]
+# actions.scale: the minReplicas and patron.dev/owner annotation of the HPA that targets the
+# Deployment (listed to find it, read by name for its resourceVersion, merge-patched).
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, list, patch]
 {{- end }}
 {{- if or .scale.enabled .rollback.enabled }}
-# actions.scale: reads and merge-patches the patron.dev/owner annotation of a Deployment it scales
-# (one owner per target). actions.rollback: reads a Deployment and pauses it or replaces its pod
-# template (JSON patch guarded by a test of the template it judged).
+# actions.scale: reads a Deployment and merge-patches its spec.replicas and patron.dev/owner
+# annotation at once, guarded by resourceVersion (one owner per target). actions.rollback: reads a
+# Deployment and pauses it or replaces its pod template (JSON patch guarded by a test of the template).
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, patch]
