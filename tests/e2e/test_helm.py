@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import REPO, run
-from tests.support.audit import Verb, differences, granted, read_audit, service_account
+from tests.support.audit import differences, granted, kopf_dev_peering, read_audit, service_account
 from tests.support.catalog import manifest
 from tests.support.operator import OperatorProcess
 from tests.support.promserver import PrometheusServer
@@ -428,13 +428,6 @@ def test_service_account_token_is_enough_to_act_and_revert(
 # ---------------------------------------------------------------- cluster-wide with peering
 
 
-# Granted to the cluster-wide install for a path the test bed does not have: it serves only the
-# zalando.org peering CRDs the chart ships; Kopf uses kopf.dev's where another Kopf operator installed them.
-KOPF_DEV_PEERING = {
-    Verb(v, "kopf.dev", "clusterkopfpeerings"): "no kopf.dev CRDs here" for v in ("list", "watch", "patch")
-}
-
-
 def test_cluster_wide_install_with_peering_serves_with_its_token(
     testbed: Testbed, scenario_prometheus: PrometheusServer, tmp_path: Path
 ) -> None:
@@ -476,7 +469,8 @@ def test_cluster_wide_install_with_peering_serves_with_its_token(
         assert [line for line in forbidden_lines(op.log()) if "in the namespace" not in line or app in line] == []
         audit = read_audit(testbed.state_dir / "audit.log", service_account(ns, name), namespaces={"", app})
         roles = get_json(testbed, "clusterroles", "-l", f"{INSTANCE}={name}")["items"]
-        assert differences(audit, granted(roles), KOPF_DEV_PEERING) == {}, sorted(map(str, audit.used))
+        unexercised = kopf_dev_peering("clusterkopfpeerings")
+        assert differences(audit, granted(roles), unexercised) == {}, sorted(map(str, audit.used))
     finally:
         helm(testbed, "uninstall", name, "--namespace", ns, "--wait", check=False)
         spaces.cleanup()

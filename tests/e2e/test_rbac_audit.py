@@ -1,6 +1,7 @@
 """Least privilege, measured: the chart grants exactly the verbs the operator calls.
 
-Two Helm releases, each serving one namespace (the default values, and `actions.rollback.enabled`),
+Two Helm releases, each serving one namespace (the default values, and `actions.rollback.enabled`
+with peering),
 each with `patron run` holding a token of the release's ServiceAccount, go through a whole cycle at
 once: impact, status, Events, a throttle key, a Deployment scaled 2 -> 4, an HPA's minReplicas
 raised 2 -> 4 (and, with rollback, a fresh rollout paused and resumed), the outage ends, everything
@@ -31,7 +32,7 @@ from tests.e2e.test_helm import (
     service_account_kubeconfig,
     unique,
 )
-from tests.support.audit import Verb, differences, granted, read_audit, service_account
+from tests.support.audit import Verb, differences, granted, kopf_dev_peering, read_audit, service_account
 from tests.support.operator import OperatorProcess
 from tests.support.promserver import PrometheusServer
 from tests.support.wait import wait_for
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
 INSTANCE = "app.kubernetes.io/instance"
 
 # Granted for a path this test does not take, with the reason; an entry that the code does use
-# fails the test (it must then leave this list). Empty: the cycle takes every granted verb.
+# fails the test (it must then leave this list). Empty: the cycle takes every granted verb (but
+# kopf.dev's peering, which the test bed does not serve).
 UNEXERCISED: dict[Verb, str] = {}
 
 THROTTLE = {"configMap": "ratelimit-config", "domain": "checkout", "descriptorKey": "customer_id"}
@@ -154,8 +156,10 @@ def start_cycle(testbed: Testbed, spaces: Namespaces, prometheus: PrometheusServ
         "alertmanagerUrls": [testbed.alertmanager_url],
         "watchNamespaces": [watched],
     }
-    if rollback:
-        values["actions"] = {"rollback": {"enabled": True}}
+    extra: list[str] = []
+    if rollback:  # ... and Kopf peering (a KopfPeering in the namespace), audited with it
+        values |= {"actions": {"rollback": {"enabled": True}}, "peering": {"enabled": True, "name": release}}
+        extra = ["--peering", release]
     (tmp / "values.yaml").write_text(yaml.safe_dump(values))
     helm(testbed, "install", release, str(CHART), "--namespace", ns, "--values", str(tmp / "values.yaml"))
     op = OperatorProcess(
@@ -164,6 +168,8 @@ def start_cycle(testbed: Testbed, spaces: Namespaces, prometheus: PrometheusServ
         namespaces=[watched],
         alertmanager_urls=[testbed.alertmanager_url],
         log_path=tmp / "operator.log",
+        extra_args=extra,
+        env={"POD_ID": release},  # Kopf's identity in the peering object
     )
     cycle = Cycle(testbed, release, ns, watched, rollback, op)
     cycle.prepare()
@@ -224,10 +230,11 @@ def audit_report(testbed: Testbed, cycles: list[Cycle]) -> dict[str, dict[str, A
     for c in cycles:
         audit = read_audit(testbed.state_dir / "audit.log", service_account(c.namespace, c.release))
         assert audit.requests, f"no audit events for {c.release}: is the test bed older than its audit log?"
+        unexercised = UNEXERCISED | (kopf_dev_peering("kopfpeerings") if c.rollback else {})
         report[c.release] = {
             "config": "rollback enabled" if c.rollback else "defaults",
             "used": sorted(map(str, audit.used)),
-            **differences(audit, granted(c.roles()), UNEXERCISED),
+            **differences(audit, granted(c.roles()), unexercised),
         }
     return report
 
