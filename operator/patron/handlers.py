@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -80,7 +79,7 @@ async def on_delete(name: str, namespace: str | None, memo: Any, logger: Logger,
         obj = await k8s.get("CustomerSLO", namespace or "", name)
         if obj is None:
             return
-        context = _context(obj, memo, logger)
+        context = _context(obj, memo, logger, datetime.now(UTC))
         try:
             released = await release(context)
         except Exception as err:  # e.g. the status write failed: nothing known to be given back
@@ -99,11 +98,11 @@ async def on_delete(name: str, namespace: str | None, memo: Any, logger: Logger,
         raise kopf.TemporaryError(f"{len(left)} held change(s) not given back yet", delay=RELEASE_RETRY_SECONDS)
 
 
-def _context(obj: dict[str, Any], memo: Any, logger: Logger) -> ActionContext:
+def _context(obj: dict[str, Any], memo: Any, logger: Logger, now: datetime) -> ActionContext:
     meta = obj["metadata"]
     k8s: K8s = memo.kube
     writer = StatusWriter(k8s, meta["namespace"], meta["name"], obj.get("status") or {})
-    return ActionContext(obj, k8s, writer, memo.config, memo.get("alerts"), datetime.now(UTC), logger)
+    return ActionContext(obj, k8s, writer, memo.config, memo.get("alerts"), now, logger)
 
 
 def _post(obj: dict[str, Any], events: Sequence[Event]) -> None:
@@ -164,7 +163,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
             metrics.EVALUATIONS.labels(outcome=problem.reason).inc()
         finally:
             metrics.EVALUATION_SECONDS.observe(time.monotonic() - started)
-        context = replace(_context(obj, memo, logger), now=now)
+        context = _context(obj, memo, logger, now)
         outcome = await act(context, spec, assessment, outcome)
         if _worth_writing(context.writer.current, outcome.status, now):
             await context.writer.write(outcome.status)

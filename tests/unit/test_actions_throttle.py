@@ -209,6 +209,27 @@ def test_missing_config_map_is_skipped_with_a_reason_never_created() -> None:
     assert s.record.detail.startswith("ConfigMap ratelimit not found in namespace shop")
 
 
+def test_throttle_decisions_are_capped_over_what_stands_not_per_evaluation() -> None:
+    """Regression (issue 9): MAX_THROTTLED limited new throttles per evaluation, not those held."""
+    tl = Timeline(make_spec({"throttle": THROTTLE | {"ttl": "1h"}}))
+    for i in range(4):
+        names = [f"bot{i}-{j}" for j in range(40)]
+        plan = step(tl, storm("warning", *names))
+        assert len([r for r in tl.records if r.state in ("Active", "Skipped")]) <= throttle.MAX_THROTTLED
+        tl.advance(2)
+    assert len([r for r in tl.records if r.state == "Active"]) == throttle.MAX_THROTTLED
+    assert plan.notes == ("40 storming customer(s) not throttled: 50 are held at most",)
+    # Without the ConfigMap the Skipped decisions are capped the same way, and stand (no new Event).
+    tl = Timeline(make_spec({"throttle": THROTTLE}))
+    names = [f"bot{j}" for j in range(300)]
+    first = throttle.plan(tl.situation(storm("warning", *names)), {"ratelimit": None})
+    tl.records = merge(tl.situation(storm("warning", *names)), first.steps)
+    assert len(tl.records) == throttle.MAX_THROTTLED and len(first.steps) == throttle.MAX_THROTTLED
+    tl.advance(2)
+    again = throttle.plan(tl.situation(storm("warning", *names)), {"ratelimit": None})
+    assert [s for s in again.steps if s.verb != "hold"] == []
+
+
 def test_dry_run_records_and_changes_nothing() -> None:
     tl = Timeline(make_spec({"throttle": THROTTLE}, dryRun=True))
     plan = step(tl, storm())

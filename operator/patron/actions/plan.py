@@ -244,7 +244,7 @@ def retain(
     for type_, cap in MAX_RECORDS.items():
         of_type = sorted(
             (r for r in items if r.type == type_ and (r.state != "Reverted" or id(r) in keep)),
-            key=lambda r: (_STATE_ORDER[r.state] if r.state != "Reverting" else 0, r.customer is not None, -_epoch(r)),
+            key=lambda r: (_STATE_ORDER[r.state], r.customer is not None, -_epoch(r)),
         )
         room = max(cap - sum(1 for r in of_type if r.state == "Reverting"), 0)
         others = [r for r in of_type if r.state != "Reverting"]

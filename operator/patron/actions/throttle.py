@@ -10,7 +10,8 @@ the ConfigMap's resourceVersion; no other key is ever touched, and the ConfigMap
 - The key's content is a function of the Active records alone, so every evaluation re-asserts it.
   Its first line is the owner mark `# patron.dev/owner: <namespace>/<name>`: a key another
   CustomerSLO owns is never written (ActionsActive reason Conflict, an Event naming the owner).
-- At most MAX_THROTTLED customers are held at once (Active and Reverting records), loudest first.
+- At most MAX_THROTTLED customers have a throttle decision at once (Active, Reverting and Skipped
+  records: held, being lifted, or decided but not done), loudest first.
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ def _where(record: ActionRecord) -> tuple[str, str]:
 
 def other_owner(sit: Situation, state: ConfigMapState | None, key: str) -> str | None:
     """Who else owns `key` of the ConfigMap: its owner mark when it is not ours; UNMARKED for
-    content without a mark, unless this CustomerSLO holds entries there (written by v0.1)."""
+    content without a mark, unless it is the key the spec configures and this CustomerSLO holds
+    entries there (written by v0.1). So a record written into the status by hand never makes
+    Patron write a key that is neither marked as its own nor named by the spec."""
     content = (state.data or {}).get(key) if state is not None else None
     if state is None or content is None:
         return None
@@ -127,8 +130,10 @@ def other_owner(sit: Situation, state: ConfigMapState | None, key: str) -> str |
     if owner == sit.owner:
         return None
     if owner is None:
+        spec = sit.spec.actions.throttle
+        configured = spec is not None and (spec.config_map, key_name(sit.name, spec)) == (state.name, key)
         held = any(_where(r) == (state.name, key) for r in sit.of_type("Throttle", "Active", "Reverting"))
-        return None if held else UNMARKED
+        return None if configured and held else UNMARKED
     return owner
 
 
@@ -183,7 +188,8 @@ def plan(sit: Situation, config_maps: Mapping[str, ConfigMapState | None]) -> Pl
         config_map = config_maps.get(spec.config_map)
         expires = timestamp(sit.now + timedelta(seconds=parse_duration(spec.ttl)))
         owner = other_owner(sit, config_map, where)
-        room = MAX_THROTTLED - len(sit.of_type("Throttle", "Active", "Reverting"))
+        decided = sit.of_type("Throttle", "Active", "Reverting", "Skipped")
+        room = MAX_THROTTLED - sum(1 for r in decided if key_of(r) not in steps or steps[key_of(r)].record is not None)
         if owner is not None:
             conflicts = (f"ConfigMap {spec.config_map} key {where} is owned by {owner}: not throttled",)
         left_out = 0
@@ -211,6 +217,7 @@ def plan(sit: Situation, config_maps: Mapping[str, ConfigMapState | None]) -> Pl
                 limit=limit,
                 expires=expires,
             )
+            room -= 1
             if config_map is None:
                 reason = (
                     f"ConfigMap {spec.config_map} not found in namespace {sit.namespace}; "
@@ -218,7 +225,6 @@ def plan(sit: Situation, config_maps: Mapping[str, ConfigMapState | None]) -> Pl
                 )
                 steps[key] = skip(sit, record.model_copy(update={"state": "Skipped"}), reason)
             else:
-                room -= 1
                 message = f"Throttle {target} key {where} customer {customer.customer}: {detail}"
                 steps[key] = apply(sit, record, message + (" (shadow mode)" if spec.shadow else ""))
         if left_out:
