@@ -425,6 +425,29 @@ def test_service_account_token_is_enough_to_act_and_revert(
     assert forbidden_lines(operator_as_service_account.log()) == []
 
 
+@pytest.mark.slow
+def test_an_action_the_chart_does_not_grant_is_refused_and_shown(
+    testbed: Testbed, release: Release, operator_as_service_account: OperatorProcess
+) -> None:
+    """Rollback's RBAC is off by default: a CustomerSLO asking for it gets the API server's 403 on
+    its ActionsActive condition and an ActionFailed Event; its evaluation goes on, nothing changes."""
+    ns = release.watched[0]
+    testbed.kubectl("create", "deployment", "rb", "-n", ns, "--image=registry.invalid/rb:1")
+    rollback = {"target": {"name": "rb"}, "within": "15m", "mode": "pause", "minSeverity": "warning"}
+    testbed.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(checkout_slo("no-rollback", rollback=rollback)))
+
+    def refused() -> str:
+        message = str(condition(get_json(testbed, "cslo", "no-rollback", "-n", ns), "ActionsActive").get("message"))
+        return message if "403" in message else ""
+
+    message = wait_for(refused, 90, "the 403 on ActionsActive")
+    assert 'cannot list resource "replicasets"' in message, message
+    wait_for(lambda: "ActionFailed" in event_reasons(testbed, ns, "no-rollback"), 30, "the ActionFailed Event")
+    obj = get_json(testbed, "cslo", "no-rollback", "-n", ns)
+    assert condition(obj, "Ready")["status"] == "True" and obj["status"]["severity"] == "critical"
+    assert not get_json(testbed, "deployment", "rb", "-n", ns)["spec"].get("paused")
+
+
 # ---------------------------------------------------------------- cluster-wide with peering
 
 
