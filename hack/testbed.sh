@@ -30,6 +30,7 @@ KUBECONFIG_FILE=$STATE/kubeconfig
 PROM_DIR=$STATE/prometheus
 AM_DIR=$STATE/alertmanager
 ALERT_LOG=$STATE/alerts.jsonl
+AUDIT_LOG=$STATE/audit.log
 
 log() { echo "testbed: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -138,6 +139,22 @@ EOF
     (umask 077 && echo "$(openssl rand -hex 32),admin,admin-uid,system:masters" >"$PKI/tokens.csv")
   fi
   write_monitoring_configs
+  write_audit_policy
+}
+
+# The API server's audit log (AUDIT_LOG, JSON lines): requests made by ServiceAccounts only, at
+# Metadata level (who, verb, resource, response code; no bodies). tests/e2e/test_rbac_audit.py
+# compares what the chart's ServiceAccount did with what the chart grants.
+write_audit_policy() {
+  cat >"$STATE/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+EOF
 }
 
 write_monitoring_configs() {
@@ -208,6 +225,7 @@ write_env() {
       ALERTMANAGER_URL "http://127.0.0.1:$ALERTMANAGER_PORT" \
       ALERT_RECEIVER_URL "http://127.0.0.1:$RECEIVER_PORT" \
       ALERT_LOG "$ALERT_LOG" \
+      AUDIT_LOG "$AUDIT_LOG" \
       PROMETHEUS_TARGETS_DIR "$PROM_DIR/targets" \
       PROMETHEUS_RULES_DIR "$PROM_DIR/rules" \
       PATRON_TESTBED_DIR "$STATE" \
@@ -238,7 +256,9 @@ component_command() {
         --service-account-issuer="https://127.0.0.1:$APISERVER_PORT"
         --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key"
         --service-cluster-ip-range=10.0.0.0/24 --disable-admission-plugins=ServiceAccount
-        --allow-privileged=true --endpoint-reconciler-type=none)
+        --allow-privileged=true --endpoint-reconciler-type=none
+        --audit-policy-file="$STATE/audit-policy.yaml" --audit-log-path="$AUDIT_LOG"
+        --audit-log-maxsize=100 --audit-log-maxbackup=1)
       ;;
     kube-controller-manager)
       CMD=("$BIN/kube-controller-manager" "${kubeconfig[@]}" --bind-address=127.0.0.1
