@@ -220,7 +220,7 @@ def forbidden_lines(log: str) -> list[str]:
     return [
         line
         for line in log.splitlines()
-        if re.search(r"Forbidden|403", line)
+        if re.search(r"Forbidden|(?<![,.:\d])\b403\b", line)  # not the milliseconds of a timestamp
         and 'cannot list resource "namespaces"' not in line
         and 'cannot watch resource "namespaces"' not in line
         and "Not enough permissions to list namespaces" not in line

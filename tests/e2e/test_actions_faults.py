@@ -300,7 +300,135 @@ WRITE_VERBS = {"patch", "update"}
 WRITE_CHECKS = (("configmaps", ""), ("deployments", ""), ("deployments", "scale"))
 
 
-# ---------------------------------------------------------------- 1. revert under a revoked verb
+# ---------------------------------------------------------------- 1. hostile status
+
+
+def valid_record(since: str) -> dict[str, Any]:
+    return {
+        "type": "Throttle",
+        "target": "ConfigMap/ratelimit-config",
+        "targetRef": {"kind": "ConfigMap", "name": "ratelimit-config"},
+        "customer": "bigbot",
+        "state": "Active",
+        "since": since,
+        "key": KEY,
+        "limit": STORM_LIMIT,
+    }
+
+
+# (what is changed in a valid record, the field the API server must name)
+TRAVERSALS = [
+    ({"target": "ConfigMap/../../kube-system/configmaps/x"}, "status.actions[0].target"),
+    ({"target": "ConfigMap/kube-system/x"}, "status.actions[0].target"),
+    ({"target": "ConfigMap/.."}, "status.actions[0].target"),
+    ({"target": "Deployment/x%2F..%2F..%2Fkube-system"}, "status.actions[0].target"),
+    ({"target": "Secret/aws-auth"}, "status.actions[0].target"),
+    (
+        {"targetRef": {"kind": "ConfigMap", "name": "../../kube-system/configmaps/x"}},
+        "status.actions[0].targetRef.name",
+    ),
+    ({"targetRef": {"kind": "ConfigMap", "name": "a/b"}}, "status.actions[0].targetRef.name"),
+    ({"targetRef": {"kind": "ConfigMap", "name": ".."}}, "status.actions[0].targetRef.name"),
+    ({"targetRef": {"kind": "Deployment", "name": "web?x=1"}}, "status.actions[0].targetRef.name"),
+    ({"targetRef": {"kind": "Secret", "name": "aws-auth"}}, "status.actions[0].targetRef.kind"),
+]
+
+
+def patch_status(w: World, actions: list[dict[str, Any]], name: str = "checkout") -> Any:
+    body = json.dumps({"status": {"actions": actions}})
+    return w.kubectl("patch", "cslo", name, "--subresource=status", "--type=merge", "-p", body, check=False)
+
+
+def fingerprint(w: World, victim: str) -> dict[str, Any]:
+    """What must stay byte-identical in the victim namespace: versions, data, replicas, annotations."""
+    cm = get_json(w.testbed, "configmap", "victim-config", "-n", victim)
+    web = get_json(w.testbed, "deployment", "victim-web", "-n", victim)
+    return {
+        "configmap": (cm["metadata"]["resourceVersion"], cm["data"], cm["metadata"].get("annotations")),
+        "deployment": (web["metadata"]["resourceVersion"], web["spec"]["replicas"], web["metadata"].get("annotations")),
+    }
+
+
+@pytest.mark.slow
+def test_hostile_status_targets_are_refused_and_nothing_leaves_the_namespace(bed: Bed, k8s_api: ApiClient) -> None:
+    w = bed.worlds["hostile"]
+    victim = bed.worlds["victim"].namespace
+    # The victim namespace is served too: the ServiceAccount may write there, so a request that
+    # left the hostile namespace would land and show.
+    assert bed.can("patch", "configmaps", victim) and bed.can("patch", "deployments", victim, "scale")
+    bed.testbed.kubectl(
+        "apply",
+        "-n",
+        victim,
+        "-f",
+        "-",
+        input=yaml.safe_dump_all(
+            [config_map({KEY: "descriptors: []\n", **OTHERS}, "victim-config"), deployment("victim-web", replicas=3)]
+        ),
+    )
+    w.apply(slo(w.namespace))  # no actions: every record it finds held is given back (reverted)
+    since = first_evaluation(w)
+    wait_for(lambda: w.status().get("impactedCustomers") == 1, 60, "acme impacted", explain=explain(w))
+
+    # The schema accepts a valid record (so each refusal below is about the one field changed)...
+    accepted = patch_status(w, [valid_record(since)])
+    assert accepted.returncode == 0, accepted.stderr
+    # ...and refuses every traversal, naming the field.
+    refused = {}
+    for change, where in TRAVERSALS:
+        result = patch_status(w, [{**valid_record(since), **change}])
+        refused[json.dumps(change)] = (result.returncode != 0 and where in result.stderr) or result.stderr
+    assert {k: v for k, v in refused.items() if v is not True} == {}
+    # A namespace in targetRef is no field of the schema: refused when the client asks for strict
+    # field validation, dropped (never stored) otherwise.
+    record = {**valid_record(since), "targetRef": {"kind": "ConfigMap", "name": "victim-config", "namespace": victim}}
+    api = client.CustomObjectsApi(k8s_api)
+    with pytest.raises(ApiException) as strict:
+        api.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            w.namespace,
+            PLURAL,
+            "checkout",
+            {"status": {"actions": [record]}},
+            field_validation="Strict",
+        )
+    assert 'unknown field "status.actions[0].targetRef.namespace"' in json.loads(strict.value.body)["message"]
+    dropped = patch_status(w, [record])
+    assert dropped.returncode == 0, dropped.stderr
+    assert all("namespace" not in (r.get("targetRef") or {}) for r in w.status()["actions"])
+
+    # Records the schema lets through, naming objects that exist only in the victim namespace, held
+    # and pending a revert: the operator works on them in its own namespace only.
+    before = fingerprint(w, victim)
+    now = stamp()
+    victim_cm = {"target": "ConfigMap/victim-config", "targetRef": {"kind": "ConfigMap", "name": "victim-config"}}
+    lures = [
+        {**valid_record(now), **victim_cm},
+        {**valid_record(now), **victim_cm, "state": "Reverting", "customer": "acme"},
+        {
+            "type": "Scale",
+            "target": "Deployment/victim-web",
+            "targetRef": {"kind": "Deployment", "name": "victim-web"},
+            "state": "Active",
+            "since": now,
+            "replicas": 5,
+            "originalReplicas": 1,
+        },
+        # target and targetRef disagree: the schema cannot tell, the code refuses it
+        {**valid_record(now), "targetRef": {"kind": "ConfigMap", "name": "victim-config"}, "customer": "carol"},
+    ]
+    written = patch_status(w, lures)
+    assert written.returncode == 0, written.stderr
+    seen = now
+    for _ in range(3):  # several evaluations since
+        seen = evaluated_after(w, seen)["lastEvaluationTime"]
+    assert fingerprint(w, victim) == before
+    print(f"records after {seen}: {json.dumps(w.status()['actions'], indent=1)}")
+    assert w.kubectl("get", "configmap", "victim-config", check=False).returncode != 0  # nothing created here
+
+
+# ---------------------------------------------------------------- 2. revert under a revoked verb
 
 
 @pytest.mark.slow
@@ -406,7 +534,7 @@ def test_revert_under_revoked_patch_is_recorded_retried_and_done(bed: Bed, k8s_a
     assert "ConfigMap/ratelimit-config" in reverted and "Deployment/web" in reverted
 
 
-# ---------------------------------------------------------------- 2. SIGKILL at seeded points
+# ---------------------------------------------------------------- 3. SIGKILL at seeded points
 
 
 @dataclass
@@ -434,6 +562,10 @@ def written(
     """The records of `obj` in `states` that are new or changed since `base` (record_versions)."""
     now = record_versions(obj)
     return [r for r in records(obj) if r["state"] in states and base.get(ident(r)) != now[ident(r)]]
+
+
+def held_replicas(obj: dict[str, Any] | None) -> int | None:
+    return next((r.get("replicas") for r in records(obj) if r["type"] == "Scale" and r["state"] == "Active"), None)
 
 
 class Killer:
@@ -512,8 +644,8 @@ def test_sigkill_at_seeded_points_loses_nothing(bed: Bed, k8s_api: ApiClient) ->
         # (the next scale step) and random moments.
         killer.on_write("incident")
         for _ in range(rng.randint(4, 5)):
-            if rng.random() < 0.5 and replicas_of(web.latest()) != top:
-                killer.on_write("incident", ("Active",))
+            if rng.random() < 0.5 and held_replicas(watched.latest()) != top:
+                killer.on_write("incident", ("Active",), timeout=cooldown + 20)
             else:
                 killer.after(rng.uniform(0.5, 6), "incident")
         wait_for(lambda: replicas_of(web.latest()) == top, 90, f"web scaled to {top}", explain=explain(w))
@@ -594,132 +726,6 @@ def test_sigkill_at_seeded_points_loses_nothing(bed: Bed, k8s_api: ApiClient) ->
     )
 
 
-# ---------------------------------------------------------------- 3. hostile status
-
-
-def valid_record(since: str) -> dict[str, Any]:
-    return {
-        "type": "Throttle",
-        "target": "ConfigMap/ratelimit-config",
-        "targetRef": {"kind": "ConfigMap", "name": "ratelimit-config"},
-        "customer": "bigbot",
-        "state": "Active",
-        "since": since,
-        "key": KEY,
-        "limit": STORM_LIMIT,
-    }
-
-
-# (what is changed in a valid record, the field the API server must name)
-TRAVERSALS = [
-    ({"target": "ConfigMap/../../kube-system/configmaps/x"}, "status.actions[0].target"),
-    ({"target": "ConfigMap/kube-system/x"}, "status.actions[0].target"),
-    ({"target": "ConfigMap/.."}, "status.actions[0].target"),
-    ({"target": "Deployment/x%2F..%2F..%2Fkube-system"}, "status.actions[0].target"),
-    ({"target": "Secret/aws-auth"}, "status.actions[0].target"),
-    (
-        {"targetRef": {"kind": "ConfigMap", "name": "../../kube-system/configmaps/x"}},
-        "status.actions[0].targetRef.name",
-    ),
-    ({"targetRef": {"kind": "ConfigMap", "name": "a/b"}}, "status.actions[0].targetRef.name"),
-    ({"targetRef": {"kind": "ConfigMap", "name": ".."}}, "status.actions[0].targetRef.name"),
-    ({"targetRef": {"kind": "Deployment", "name": "web?x=1"}}, "status.actions[0].targetRef.name"),
-    ({"targetRef": {"kind": "Secret", "name": "aws-auth"}}, "status.actions[0].targetRef.kind"),
-]
-
-
-def patch_status(w: World, actions: list[dict[str, Any]], name: str = "checkout") -> Any:
-    body = json.dumps({"status": {"actions": actions}})
-    return w.kubectl("patch", "cslo", name, "--subresource=status", "--type=merge", "-p", body, check=False)
-
-
-def fingerprint(w: World, victim: str) -> dict[str, Any]:
-    """What must stay byte-identical in the victim namespace: versions, data, replicas, annotations."""
-    cm = get_json(w.testbed, "configmap", "victim-config", "-n", victim)
-    web = get_json(w.testbed, "deployment", "victim-web", "-n", victim)
-    return {
-        "configmap": (cm["metadata"]["resourceVersion"], cm["data"], cm["metadata"].get("annotations")),
-        "deployment": (web["metadata"]["resourceVersion"], web["spec"]["replicas"], web["metadata"].get("annotations")),
-    }
-
-
-@pytest.mark.slow
-def test_hostile_status_targets_are_refused_and_nothing_leaves_the_namespace(bed: Bed, k8s_api: ApiClient) -> None:
-    w = bed.worlds["hostile"]
-    victim = bed.worlds["victim"].namespace
-    # The victim namespace is served too: the ServiceAccount may write there, so a request that
-    # left the hostile namespace would land and show.
-    assert bed.can("patch", "configmaps", victim) and bed.can("patch", "deployments", victim, "scale")
-    bed.testbed.kubectl(
-        "apply",
-        "-n",
-        victim,
-        "-f",
-        "-",
-        input=yaml.safe_dump_all(
-            [config_map({KEY: "descriptors: []\n", **OTHERS}, "victim-config"), deployment("victim-web", replicas=3)]
-        ),
-    )
-    w.apply(slo(w.namespace))  # no actions: every record it finds held is given back (reverted)
-    since = first_evaluation(w)
-    wait_for(lambda: w.status().get("impactedCustomers") == 1, 60, "acme impacted", explain=explain(w))
-
-    # The schema accepts a valid record (so each refusal below is about the one field changed)...
-    accepted = patch_status(w, [valid_record(since)])
-    assert accepted.returncode == 0, accepted.stderr
-    # ...and refuses every traversal, naming the field.
-    refused = {}
-    for change, where in TRAVERSALS:
-        result = patch_status(w, [{**valid_record(since), **change}])
-        refused[json.dumps(change)] = (result.returncode != 0 and where in result.stderr) or result.stderr
-    assert {k: v for k, v in refused.items() if v is not True} == {}
-    # A namespace in targetRef is no field of the schema: refused when the client asks for strict
-    # field validation, dropped (never stored) otherwise.
-    record = {**valid_record(since), "targetRef": {"kind": "ConfigMap", "name": "victim-config", "namespace": victim}}
-    api = client.CustomObjectsApi(k8s_api)
-    with pytest.raises(ApiException) as strict:
-        api.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            w.namespace,
-            PLURAL,
-            "checkout",
-            {"status": {"actions": [record]}},
-            field_validation="Strict",
-        )
-    assert 'unknown field "status.actions[0].targetRef.namespace"' in str(strict.value.body)
-    dropped = patch_status(w, [record])
-    assert dropped.returncode == 0, dropped.stderr
-    assert all("namespace" not in (r.get("targetRef") or {}) for r in w.status()["actions"])
-
-    # Records the schema lets through, naming objects that exist only in the victim namespace, held
-    # and pending a revert: the operator works on them in its own namespace only.
-    before = fingerprint(w, victim)
-    now = stamp()
-    victim_cm = {"target": "ConfigMap/victim-config", "targetRef": {"kind": "ConfigMap", "name": "victim-config"}}
-    lures = [
-        {**valid_record(now), **victim_cm},
-        {**valid_record(now), **victim_cm, "state": "Reverting", "customer": "acme"},
-        {
-            "type": "Scale",
-            "target": "Deployment/victim-web",
-            "targetRef": {"kind": "Deployment", "name": "victim-web"},
-            "state": "Active",
-            "since": now,
-            "replicas": 5,
-            "originalReplicas": 1,
-        },
-    ]
-    written = patch_status(w, lures)
-    assert written.returncode == 0, written.stderr
-    seen = now
-    for _ in range(3):  # several evaluations since
-        seen = evaluated_after(w, seen)["lastEvaluationTime"]
-    assert fingerprint(w, victim) == before
-    print(f"records after {seen}: {json.dumps(w.status()['actions'], indent=1)}")
-    assert w.kubectl("get", "configmap", "victim-config", check=False).returncode != 0  # nothing created here
-
-
 # ---------------------------------------------------------------- 4. two owners
 
 
@@ -731,8 +737,8 @@ def test_two_customerslos_on_one_target_one_owns_the_other_reports_conflict(bed:
     shared = "patron-shared.yaml"
     w.apply(config_map(OTHERS), deployment(replicas=2))
     # Steps and limits differ, so whose change it was shows: alpha steps by 1 (limit 13), beta by 2 (limit 20).
-    alpha = storm_slo(ns, "alpha", throttle=throttle(key=shared), scale=scale(1, 6, "10s"))
-    beta = storm_slo(ns, "beta", throttle=throttle(key=shared, headroom=2.0), scale=scale(2, 6, "10s"))
+    alpha = storm_slo(ns, "alpha", throttle=throttle(key=shared), scale=scale(1, 10, "10s"))
+    beta = storm_slo(ns, "beta", throttle=throttle(key=shared, headroom=2.0), scale=scale(2, 10, "10s"))
     w.apply(alpha)
     first_evaluation(w, "alpha")
     storm(w)
@@ -757,16 +763,19 @@ def test_two_customerslos_on_one_target_one_owns_the_other_reports_conflict(bed:
         )
         assert owner in conflict["message"]
         wait_for(lambda: events_of(w, "beta", "Conflict"), 30, "a Conflict Event on beta")
-        # Several evaluations of beta while alpha holds both targets.
-        seen = stamp()
-        for _ in range(4):
+        # Several evaluations of beta while alpha holds both targets, and until alpha took a step.
+        seen, evaluations = stamp(), 0
+        while evaluations < 4 or len(changes([replicas_of(o) for o in web.objects()])) < 2:
             seen = evaluated_after(w, seen, "beta")["lastEvaluationTime"]
+            evaluations += 1
+            assert evaluations < 20, "alpha took no step while beta was evaluated"
         conflicts = events_of(w, "beta", "Conflict")
         texts = [key_text(o, shared) for o in cm.objects()]
         values = [replicas_of(o) for o in web.objects()]
         marks = {annotation(o) for o in web.objects()}
 
-    print(f"key versions: {len(texts)}, replicas: {values}, Conflict Events: {[e['message'] for e in conflicts]}")
+    print(f"beta evaluated {evaluations}x; key versions {len(texts)}; replicas {changes(values)}; Conflict Events:")
+    print("\n".join(f"  {e['message']} (x{e.get('count') or 1})" for e in conflicts))
     assert texts and all(owner_line(t) == f"# {OWNER}: {owner}" for t in texts), texts
     assert all(d["rate_limit"]["requests_per_unit"] == STORM_LIMIT for t in texts for d in descriptors(t)), texts
     assert marks == {owner}
