@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`: e2e tests mostly wait on time windows, so two test beds
+# (one per worker, see tests/conftest.py) halve the wall time. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
+XDIST = -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: help venv tools testbed-up testbed-down lint typecheck crd unit test test-fast demo clean
 
@@ -34,6 +38,7 @@ testbed-down:
 lint: venv
 	$(VENV)/bin/ruff check operator tests hack
 	$(VENV)/bin/ruff format --check operator tests hack
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: venv
 	$(VENV)/bin/mypy
@@ -45,10 +50,10 @@ unit: venv
 	$(VENV)/bin/pytest -m "unit" $(PYTEST_ARGS)
 
 test: venv tools lint typecheck
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: venv tools
-	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 demo: venv tools
 	hack/demo.sh $(DEMO_ARGS)
@@ -56,4 +61,5 @@ demo: venv tools
 clean:
 	hack/demo.sh down || true
 	hack/testbed.sh down || true
-	rm -rf $(VENV) .testbed .testbed-demo .pytest_cache .mypy_cache .ruff_cache
+	for d in .testbed-gw*; do [ -d "$$d" ] && PATRON_TESTBED_DIR=$$PWD/$$d hack/testbed.sh down || true; done
+	rm -rf $(VENV) .testbed .testbed-* .testbed-up.lock .pytest_cache .mypy_cache .ruff_cache

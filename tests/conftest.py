@@ -1,7 +1,9 @@
-"""Markers by folder, and the backfilled scenario Prometheus shared by Prometheus and e2e tests."""
+"""Markers by folder, one test bed per pytest-xdist worker, and the backfilled scenario Prometheus
+shared by Prometheus and e2e tests."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,14 @@ from tests.support.scenarios import openmetrics
 
 REPO = Path(__file__).resolve().parents[1]
 _FOLDER_MARKS = {"unit": "unit", "prometheus": "prometheus"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `pytest -n N` each worker brings up its own test bed in <repo>/.testbed-<worker>
+    (free loopback ports, so they never collide); a single process keeps <repo>/.testbed."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and "PATRON_TESTBED_DIR" not in os.environ:
+        os.environ["PATRON_TESTBED_DIR"] = str(REPO / f".testbed-{worker}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -16,6 +16,7 @@ from typing import Any, cast
 import yaml
 
 from patron.config import OperatorConfig, split_list
+from patron.text import printable, table
 
 
 def _env_flag(name: str) -> bool:
@@ -39,6 +40,32 @@ def _load_manifest(path: str) -> dict[str, Any]:
     if len(slos) != 1:
         raise SystemExit(f"error: {path} must hold exactly one CustomerSLO (found {len(slos)})")
     return slos[0]
+
+
+def _manifest_namespace(manifest: dict[str, Any]) -> str:
+    """The manifest's namespace; `default`, as kubectl's, when it names none."""
+    return str((manifest.get("metadata") or {}).get("namespace") or "default")
+
+
+def _label_name(text: str) -> str:
+    from patron.api.tenancy import check_label_name
+
+    try:
+        return check_label_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_namespace_label(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--enforce-namespace-label",
+        dest="namespace_label",
+        metavar="LABEL",
+        type=_label_name,
+        default=os.environ.get("PATRON_ENFORCE_NAMESPACE_LABEL") or None,
+        help='tenancy: add LABEL="<the CustomerSLO\'s namespace>" to every selector and refuse selectors that '
+        "set LABEL otherwise (default: $PATRON_ENFORCE_NAMESPACE_LABEL; unset: off)",
+    )
 
 
 def _priority(value: str | None, peering: str | None) -> int:
@@ -72,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         peering=args.peering or None,
         priority=_priority(args.priority, args.peering),
         release_give_up=release_give_up,
+        namespace_label=args.namespace_label,
     )
     # Kopf's own formatters: FULL for people, JSON (one object per line, with the object's
     # namespace/name) for log pipelines.
@@ -105,10 +133,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     manifest = _load_manifest(args.file)
     at = _parse_time(args.at) if args.at else datetime.now(UTC)
     try:
-        spec = parse_spec(manifest.get("spec") or {})
+        spec = parse_spec(manifest.get("spec") or {}, args.namespace_label, _manifest_namespace(manifest))
         assessment = evaluate(spec, Prometheus(args.prometheus), at)
     except DataProblem as problem:
-        print(f"error: {problem.reason}: {problem.message}", file=sys.stderr)
+        print(printable(f"error: {problem.reason}: {problem.message}"), file=sys.stderr)
         return 2
     generation = (manifest.get("metadata") or {}).get("generation")
     status = evaluated(spec, {}, assessment, generation, at).status
@@ -127,7 +155,8 @@ def _print_table(status: dict[str, Any]) -> None:
         f"fraction={status['impactedFraction']:.2%} weighted={status['weightedImpact']:.2%} "
         f"lost={status['lostCustomers']} storming={status['stormingCustomers']} at={status['lastEvaluationTime']}"
     )
-    rows = [("CUSTOMER", "TIER", "ERROR RATIO", "BURN RATE", "BUDGET LEFT", "REQ/S", "LOST", "STORMING")]
+    header = ("CUSTOMER", "TIER", "ERROR RATIO", "BURN RATE", "BUDGET LEFT", "REQ/S", "LOST", "STORMING")
+    rows = []
     for i in status["impacted"]:
         rows.append(
             (
@@ -141,9 +170,7 @@ def _print_table(status: dict[str, Any]) -> None:
                 "yes" if i["storming"] else "",
             )
         )
-    widths = [max(len(r[n]) for r in rows) for n in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    print("\n".join(table(header, rows)))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -174,9 +201,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     events = [client.sanitize_for_serialization(e) for e in listing.items]  # type: ignore[no-untyped-call]
     try:
-        spec = parse_spec(obj.get("spec") or {})
+        spec = parse_spec(obj.get("spec") or {}, args.namespace_label, namespace)
     except DataProblem as problem:
-        raise SystemExit(f"error: {problem.message}") from None
+        raise SystemExit(printable(f"error: {problem.message}")) from None
     counts: dict[str, Series] | None = None
     window = report_time(obj, datetime.now(UTC))
     if window and args.prometheus:
@@ -184,7 +211,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             prom = Prometheus(args.prometheus)
             counts = {k: prom.query(q, window[1]) for k, q in incident_queries(spec, *window).items()}
         except DataProblem as problem:
-            print(f"warning: {problem.message}; failed requests per customer are left out", file=sys.stderr)
+            print(printable(f"warning: {problem.message}; failed requests per customer are left out"), file=sys.stderr)
     print(render(build_report(obj, events, counts, spec), args.output), end="")
     return 0
 
@@ -199,8 +226,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from patron.replay import render, replay
 
     manifest = _load_manifest(args.file)
+    namespace = _manifest_namespace(manifest)
     try:
-        spec = parse_spec(manifest.get("spec") or {})
+        spec = parse_spec(manifest.get("spec") or {}, args.namespace_label, namespace)
         steps = replay(
             spec,
             Prometheus(args.prometheus),
@@ -209,13 +237,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
             timedelta(seconds=parse_duration(args.step)),
             replicas=args.replicas,
             name=str((manifest.get("metadata") or {}).get("name") or "replay"),
-            namespace=str((manifest.get("metadata") or {}).get("namespace") or "default"),
+            namespace=namespace,
         )
     except DataProblem as problem:
-        print(f"error: {problem.reason}: {problem.message}", file=sys.stderr)
+        print(printable(f"error: {problem.reason}: {problem.message}"), file=sys.stderr)
         return 2
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(printable(f"error: {err}"), file=sys.stderr)
         return 2
     print(render(steps, args.output), end="")
     return 0
@@ -260,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "what it holds before it lets the CustomerSLO go with a ReleaseAbandoned Event (default 10m)",
     )
     run.add_argument("--log-format", choices=("plain", "json"), default=os.environ.get("PATRON_LOG_FORMAT", "plain"))
+    _add_namespace_label(run)
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
 
@@ -268,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prometheus", required=True, help="Prometheus base URL")
     ev.add_argument("--at", help="evaluation time, RFC 3339 (default: now)")
     ev.add_argument("-o", "--output", choices=("json", "table"), default="table")
+    _add_namespace_label(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     rep = sub.add_parser("report", help="post-mortem of a CustomerSLO's current or last incident")
@@ -278,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus base URL for failed requests per customer (default: $PATRON_PROMETHEUS_URL)",
     )
     rep.add_argument("-o", "--output", choices=("table", "markdown", "json"), default="table")
+    _add_namespace_label(rep)
     rep.set_defaults(func=cmd_report)
 
     rp = sub.add_parser("replay", help="backtest a CustomerSLO over a past period with the operator's engine")
@@ -293,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replicas of actions.scale's target Deployment when the period starts (default 3; no HPA is assumed)",
     )
     rp.add_argument("-o", "--output", choices=("json", "table"), default="table")
+    _add_namespace_label(rp)
     rp.set_defaults(func=cmd_replay)
     return parser
 

@@ -22,6 +22,7 @@ class OperatorConfig:
     peering: str | None = None  # None: standalone (one replica); a name: Kopf peering for HA
     priority: int = 0  # Kopf peering priority; replicas must differ, or Kopf pauses them all
     release_give_up: float = RELEASE_GIVE_UP  # --release-give-up
+    namespace_label: str | None = None  # tenancy: every selector gets <label>="<its CustomerSLO's namespace>"
 
 
 def split_list(values: list[str] | None) -> tuple[str, ...]:

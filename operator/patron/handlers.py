@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -24,6 +22,7 @@ from patron.impact.prometheus import Prometheus
 from patron.kube import K8s, StatusWriter, api_client
 from patron.reconcile import Event, Outcome, evaluated, failed, material, parse_spec
 from patron.status import parse_timestamp
+from patron.text import printable
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
@@ -80,7 +79,7 @@ async def on_delete(name: str, namespace: str | None, memo: Any, logger: Logger,
         obj = await k8s.get("CustomerSLO", namespace or "", name)
         if obj is None:
             return
-        context = _context(obj, memo, logger)
+        context = _context(obj, memo, logger, datetime.now(UTC))
         try:
             released = await release(context)
         except Exception as err:  # e.g. the status write failed: nothing known to be given back
@@ -89,26 +88,27 @@ async def on_delete(name: str, namespace: str | None, memo: Any, logger: Logger,
             done, left_events = False, tuple[Event, ...]()
         else:
             done, left, left_events = released.done, released.left, released.events
-        _post(obj, left_events)
+        for event in left_events:
+            _post(obj, event)
         if done:
             return
         give_up = abandoned(context, left)
         if give_up is not None:
-            _post(obj, (give_up,))
+            _post(obj, give_up)
             return
         raise kopf.TemporaryError(f"{len(left)} held change(s) not given back yet", delay=RELEASE_RETRY_SECONDS)
 
 
-def _context(obj: dict[str, Any], memo: Any, logger: Logger) -> ActionContext:
+def _context(obj: dict[str, Any], memo: Any, logger: Logger, now: datetime) -> ActionContext:
     meta = obj["metadata"]
     k8s: K8s = memo.kube
     writer = StatusWriter(k8s, meta["namespace"], meta["name"], obj.get("status") or {})
-    return ActionContext(obj, k8s, writer, memo.config, memo.get("alerts"), datetime.now(UTC), logger)
+    return ActionContext(obj, k8s, writer, memo.config, memo.get("alerts"), now, logger)
 
 
-def _post(obj: dict[str, Any], events: Sequence[Event]) -> None:
-    for event in events:
-        kopf.event(cast(kopf.Body, obj), type=event.type, reason=event.reason, message=event.message[:1024])
+def _post(obj: dict[str, Any], event: Event) -> None:
+    """Post one Event on the CustomerSLO; customer names in its message are data: escaped."""
+    kopf.event(cast(kopf.Body, obj), type=event.type, reason=event.reason, message=printable(event.message)[:1024])
 
 
 @kopf.on.create(*RESOURCE)
@@ -153,7 +153,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
         spec: CustomerSLOSpec | None = None
         assessment: Assessment | None = None
         try:
-            spec = parse_spec(obj.get("spec") or {})
+            spec = parse_spec(obj.get("spec") or {}, memo.config.namespace_label, namespace)
             assessment = await evaluate_now(spec, memo.prometheus)
             outcome = evaluated(spec, previous, assessment, generation, now)
             metrics.IMPACTED.labels(namespace, name).set(len(assessment.impacted))
@@ -164,11 +164,13 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
             metrics.EVALUATIONS.labels(outcome=problem.reason).inc()
         finally:
             metrics.EVALUATION_SECONDS.observe(time.monotonic() - started)
-        context = replace(_context(obj, memo, logger), now=now)
+            metrics.LAST_EVALUATION.labels(namespace, name).set_to_current_time()
+        context = _context(obj, memo, logger, now)
         outcome = await act(context, spec, assessment, outcome)
         if _worth_writing(context.writer.current, outcome.status, now):
             await context.writer.write(outcome.status)
-        _post(obj, outcome.events)
+        for event in outcome.events:
+            _post(obj, event)
 
 
 def _worth_writing(previous: dict[str, Any], status: dict[str, Any], now: datetime) -> bool:

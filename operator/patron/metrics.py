@@ -11,3 +11,8 @@ QUERY_SECONDS = Histogram("patron_prometheus_query_duration_seconds", "Wall time
 ACTIONS = Counter("patron_actions_total", "Actions decided, by kind and what happened.", ["action", "result"])
 ERRORS = Counter("patron_errors_total", "Unexpected errors in handlers.", ["where"])
 IMPACTED = Gauge("patron_impacted_customers", "Impacted customers per CustomerSLO.", ["namespace", "customerslo"])
+LAST_EVALUATION = Gauge(
+    "patron_last_evaluation_timestamp_seconds",
+    "Unix time at which the CustomerSLO's last evaluation ended (whatever its outcome).",
+    ["namespace", "customerslo"],
+)

@@ -10,11 +10,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from patron.api.models import CustomerSLOSpec
+from patron.api.tenancy import TenancyError, enforce_namespace_label
 from patron.impact.assess import Assessment, DataProblem
 from patron.status import impact_fields, impact_message, next_incident, set_condition
 
-# Status fields that change every evaluation without meaning anything changed.
-VOLATILE = ("lastEvaluationTime",)
+# Status fields that change every evaluation without meaning anything changed: a status that
+# differs only in these is not written (but for the heartbeat), and no message carries them.
+VOLATILE = ("lastEvaluationTime", "dataAgeSeconds")
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,16 @@ class Outcome:
     events: tuple[Event, ...] = ()
 
 
-def parse_spec(spec: Mapping[str, Any]) -> CustomerSLOSpec:
-    """The spec as a model; DataProblem('InvalidSpec') naming each bad field and what is allowed."""
+def parse_spec(spec: Mapping[str, Any], namespace_label: str | None = None, namespace: str = "") -> CustomerSLOSpec:
+    """The spec as a model; DataProblem('InvalidSpec') naming each bad field and what is allowed.
+
+    With `namespace_label`, every selector is confined to `namespace` (patron.api.tenancy).
+    """
     try:
-        return CustomerSLOSpec.from_body(dict(spec))
+        model = CustomerSLOSpec.from_body(dict(spec))
+        return enforce_namespace_label(model, namespace_label, namespace) if namespace_label else model
+    except TenancyError as err:
+        raise DataProblem("InvalidSpec", str(err)) from None
     except ValidationError as err:
         parts = []
         for e in err.errors():
@@ -63,7 +71,7 @@ def evaluated(
     status = dict(previous)
     status.update(impact_fields(spec, a, previous, now))
     status["observedGeneration"] = generation
-    ready_msg = f"evaluated {a.active_count} active customers; newest sample {a.data_age:.0f}s old"
+    ready_msg = f"evaluated {a.active_count} active customers"
     if a.notes:
         ready_msg += "; " + "; ".join(a.notes)
     conditions = set_condition(

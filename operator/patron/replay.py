@@ -25,6 +25,7 @@ from patron.impact.evaluate import evaluate
 from patron.impact.prometheus import Prometheus
 from patron.reconcile import evaluated, failed
 from patron.status import timestamp
+from patron.text import printable, table
 
 MAX_STEPS = 10_000
 
@@ -129,13 +130,13 @@ def render(steps: Sequence[ReplayStep], output: str) -> str:
         )
         for s in steps
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
-    for s, row in zip(steps, rows, strict=True):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        lines.extend(f"    {a}" for a in s.actions)
+    head, *body = table(header, rows)
+    lines = [head]
+    for s, line in zip(steps, body, strict=True):
+        lines.append(line)
+        lines.extend(f"    {printable(a)}" for a in s.actions)
     notes = dict.fromkeys(n for s in steps for n in s.notes)
-    lines.extend(f"note: {n}" for n in notes)
+    lines.extend(f"note: {printable(n)}" for n in notes)
     return "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,7 @@ from patron.api.models import CustomerSLOSpec
 from patron.impact.assess import Series, TierIndex, by_label, error_ratio
 from patron.impact.queries import series_selectors
 from patron.status import parse_timestamp
+from patron.text import printable, table
 
 ACTION_EVENTS = ("ActionApplied", "ActionReverted", "ActionSkipped")
 INCIDENT_EVENTS = ("ImpactStarted", "ImpactResolved")
@@ -112,7 +113,7 @@ def render(report: Mapping[str, Any], output: str) -> str:
     inc = report.get("incident")
     if not inc:
         lines.append(f"No incident recorded. Severity now: {report['severityNow']}.")
-        return "\n".join(lines) + "\n"
+        return "\n".join(printable(line) for line in lines) + "\n"
     seconds = inc["durationSeconds"]
     dur = "ongoing" if seconds is None else f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
     facts = [
@@ -139,12 +140,12 @@ def render(report: Mapping[str, Any], output: str) -> str:
     lines.append("")
     lines.append(f"{'### ' if md else ''}Timeline")
     lines += _table(("TIME", "EVENT", "DETAIL"), [(r["time"], r["event"], r["message"]) for r in inc["timeline"]], md)
-    return "\n".join(lines) + "\n"
+    return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> list[str]:
     if markdown:
-        esc = [[cell.replace("|", "\\|") for cell in row] for row in rows]
+        esc = [[printable(cell).replace("|", "\\|") for cell in row] for row in rows]
         return [
             "| " + " | ".join(header) + " |",
             "|" + "---|" * len(header),
@@ -152,8 +153,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool)
         ]
     if not rows:
         return ["(none)"]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    return table(header, rows)
 
 
 def report_time(obj: Mapping[str, Any], now: datetime) -> tuple[datetime, datetime] | None:

@@ -77,6 +77,7 @@ def impact_fields(spec: CustomerSLOSpec, a: Assessment, previous: Mapping[str, A
         "lostCustomers": len(a.lost),
         "stormingCustomers": len(a.storming),
         "lastEvaluationTime": timestamp(now),
+        "dataAgeSeconds": round(a.data_age),
         "impacted": [
             {
                 "customer": c.customer,

@@ -7,6 +7,7 @@ unless PATRON_KEEP_TESTBED=1.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -125,7 +126,11 @@ class Testbed:
 def testbed() -> Iterator[Testbed]:
     reused = testbed_sh("status", check=False).returncode == 0
     keep = os.environ.get("PATRON_KEEP_TESTBED") == "1"
-    up = testbed_sh("up", check=False)
+    # pytest-xdist workers bring their test beds up one at a time: each picks free ports, and two
+    # bring-ups at once could pick the same one.
+    with (REPO / ".testbed-up.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        up = testbed_sh("up", check=False)
     if up.returncode != 0:
         if not reused and not keep:
             testbed_sh("down", check=False)

@@ -70,7 +70,13 @@ class Release:
     "values",
     [
         {},
-        {"watchNamespaces": ["LISTED"], "alertmanagerUrls": ["http://am:9093"], "dryRun": True, "logFormat": "json"},
+        {
+            "watchNamespaces": ["LISTED"],
+            "alertmanagerUrls": ["http://am:9093"],
+            "dryRun": True,
+            "logFormat": "json",
+            "tenancy": {"namespaceLabel": "namespace"},
+        },
         {"peering": {"enabled": True, "name": "patron-dry"}},
         {"watchNamespaces": ["LISTED"], "peering": {"enabled": True, "name": "patron-dry"}},
     ],

@@ -87,6 +87,20 @@ def test_customer_who_gave_up_is_lost(scenario_prometheus: PrometheusServer, sce
     assert names(a.lost) == {"quitter"}
 
 
+def test_a_scrape_gap_is_unknown_not_lost(scenario_prometheus: PrometheusServer, scenario_end: float):
+    """Old errors, then no samples in S: unknown there, never impacted or lost on missing data."""
+    a = run(scenario_prometheus, scenario_end, manifest("gap"))
+    assert names(a.impacted) == names(a.lost) == {"quitter"}
+    assert a.unknown == ("gone",) and a.active_count == 22
+    gappy = next(c for c in a.customers if c.customer == "gappy")
+    assert not gappy.impacted and not gappy.lost
+    assert any("unknown, not counted: gone" in n for n in a.notes)
+    # Above impact.maxStaleFraction nothing is concluded at all.
+    with pytest.raises(DataProblem) as err:
+        run(scenario_prometheus, scenario_end, manifest("gap", impact={"maxStaleFraction": 0.04}))
+    assert err.value.reason == "PartialData" and "1 of 23 active customers" in err.value.message
+
+
 def test_retry_storm_is_detected(scenario_prometheus: PrometheusServer, scenario_end: float):
     a = run(scenario_prometheus, scenario_end, manifest("storm"))
     assert names(a.storming) == {"bigbot"}
@@ -176,6 +190,7 @@ def test_evaluate_prints_the_status_fields(scenario_prometheus: PrometheusServer
         "lostCustomers",
         "stormingCustomers",
         "lastEvaluationTime",
+        "dataAgeSeconds",
         "impacted",
         "incident",
     }

@@ -7,6 +7,7 @@ from typing import Any
 from tests.support.scenarios import HOUR, Customer, Phase, changed, many
 
 MIN = 60
+OLD_ERRORS = (Phase(50 * MIN, 2.0, errors=1.0), Phase(35 * MIN, 2.0))
 WEIRD = ('we"ird\\cust', "ünïcødé-客户", "back\\\\slash", "quote'single")
 
 SCENARIOS: dict[str, list[Customer]] = {
@@ -36,6 +37,15 @@ SCENARIOS: dict[str, list[Customer]] = {
     "slow": [Customer("sloth", (Phase(10 * 24 * HOUR, 2.0), Phase(40 * MIN, 2.0, slow=0.5))), *many("fast-", 10, 2.0)],
     # (i) names that need escaping everywhere, all fully down.
     "weird": [changed(name, 1.0, Phase(40 * MIN, 1.0, errors=1.0)) for name in WEIRD] + list(many("ok-", 5, 1.0)),
+    # (j) scrape gaps after old errors (50 to 35 minutes ago): gappy has no samples from 6 minutes ago
+    # but the last one (fresh, yet unknown in S); gone none for 8 minutes (stale: unknown); quitter
+    # has samples and sends nothing (gave up: impacted and lost).
+    "gap": [
+        changed("gappy", 2.0, *OLD_ERRORS, Phase(6 * MIN, 2.0, scraped=False), Phase(10, 2.0)),
+        changed("gone", 2.0, *OLD_ERRORS, Phase(8 * MIN, 2.0, scraped=False)),
+        changed("quitter", 2.0, Phase(40 * MIN, 2.0, errors=1.0), Phase(10 * MIN, 0.0)),
+        *many("ok-", 20, 2.0),
+    ],
     # healthy: nothing to see.
     "healthy": list(many("h-", 30, 1.0)),
 }

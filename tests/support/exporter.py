@@ -103,11 +103,15 @@ class Exporter:
         threading.Thread(target=self.server.serve_forever, daemon=True, name="exporter").start()
         return self
 
-    def register(self, targets_dir: Path, name: str | None = None) -> Path:
-        """Have the test-bed Prometheus scrape this exporter: a file_sd JSON file, written atomically."""
+    def register(self, targets_dir: Path, name: str | None = None, labels: dict[str, str] | None = None) -> Path:
+        """Have the test-bed Prometheus scrape this exporter: a file_sd JSON file, written atomically.
+
+        `labels`: target labels Prometheus adds to every series (e.g. {"namespace": ...}, as a
+        Kubernetes service discovery relabelling would)."""
         path = targets_dir / f"{name or 'exporter-' + self.address.replace(':', '-')}.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([{"targets": [self.address], "labels": {"job": f"exporter-{self.service}"}}]))
+        target_labels = {"job": f"exporter-{self.service}", **(labels or {})}
+        tmp.write_text(json.dumps([{"targets": [self.address], "labels": target_labels}]))
         tmp.rename(path)
         self.target_file = path
         return path

@@ -2,7 +2,8 @@
 
 A customer's traffic is piecewise constant: `Phase(since, rps, errors, slow)` holds from `since`
 seconds before the scenario's end until the next phase. Counters are the exact integral of that,
-so every rate Prometheus computes over the data is known in advance.
+so every rate Prometheus computes over the data is known in advance. A phase with `scraped=False`
+writes no samples (a scrape gap) while the counters go on counting.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class Phase:
     rps: float
     errors: float = 0.0  # fraction of requests answered 5xx
     slow: float = 0.0  # fraction of requests slower than 0.3 s (latency scenarios)
+    scraped: bool = True  # False: no samples during this phase (target down, Prometheus restarting)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ def openmetrics(
             ok += phase.rps * (1 - phase.errors) * step
             err += phase.rps * phase.errors * step
             slow += phase.rps * phase.slow * step
+            if not phase.scraped:
+                continue
             ok_rows.append(f"{ok:.6f} {t:.3f}")
             err_rows.append(f"{err:.6f} {t:.3f}")
             count_rows.append(f"{ok + err:.6f} {t:.3f}")

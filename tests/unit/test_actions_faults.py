@@ -293,3 +293,23 @@ def test_a_long_retry_storm_keeps_the_alert_and_caps_throttles_with_eviction_eve
         evicted += [e for e in result.events if e.reason == "ActionEvicted"]
     assert evicted and all(e.type == "Warning" for e in evicted)
     assert len(parse_records(status["actions"])) <= 150 + 250
+
+
+def test_hand_written_records_inside_the_namespace_change_nothing_patron_does_not_own() -> None:
+    """A status writer adds valid-looking records naming objects the spec does not name and that
+    carry no owner mark: reverting them must not remove another key or scale another Deployment."""
+    kube = world(("a", {}))
+    kube.add("ConfigMap", NS, {"metadata": {"name": "other"}, "data": {"rules.yaml": "domain: mine\n"}})
+    kube.add("Deployment", NS, {"metadata": {"name": "db"}, "spec": {"replicas": 3}})
+    forged = [
+        {"type": "Throttle", "target": "ConfigMap/other", "customer": "x", "state": "Active",
+         "since": "2026-11-26T09:00:00Z", "key": "rules.yaml", "limit": 1},
+        {"type": "Scale", "target": "Deployment/db", "state": "Reverting",
+         "since": "2026-11-26T09:00:00Z", "replicas": 3, "originalReplicas": 0},
+    ]  # fmt: skip
+    kube.obj("CustomerSLO", NS, "a")["status"] = {"actions": forged}
+    evaluate(kube, "a", CALM, T0)
+    assert kube.obj("ConfigMap", NS, "other")["data"] == {"rules.yaml": "domain: mine\n"}
+    assert kube.obj("Deployment", NS, "db")["spec"]["replicas"] == 3
+    assert not [p for m, p in kube.requests if m == "PATCH" and "/customerslos/" not in p]
+    assert {r.state for r in records(kube)} == {"Reverted"}  # given up, not acted on

@@ -88,6 +88,7 @@ VALUE_SETS = {
         **LISTED,
         "alertmanagerUrls": ["http://am-0:9093", "http://am-1:9093"],
         "dryRun": True,
+        "tenancy": {"namespaceLabel": "namespace"},
         "logFormat": "json",
         "metrics": {"port": 9000, "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"a": "b"}}},
         "prometheusRule": {"enabled": True, "labels": {"release": "monitoring"}},
@@ -156,6 +157,7 @@ def test_values_reach_the_operator_flags() -> None:
         "PATRON_ALERTMANAGER_URL": "http://am-0:9093,http://am-1:9093",
         "PATRON_NAMESPACES": "shop,payments",
         "PATRON_DRY_RUN": "true",
+        "PATRON_ENFORCE_NAMESPACE_LABEL": "namespace",
         "PATRON_LOG_FORMAT": "json",
         "PATRON_METRICS_PORT": "9000",
         "PATRON_METRICS_ADDRESS": "0.0.0.0",
@@ -321,6 +323,9 @@ def flatten(err: str) -> str:
         ({"image": {"tag": "latest"}}, ["/image/tag"]),
         ({"prometheusUrl": "prometheus:9090"}, ["/prometheusUrl", "does not match pattern"]),
         ({"watchNamespaces": ["Shop"]}, ["/watchNamespaces/0", "does not match pattern"]),
+        ({"tenancy": {"namespaceLabel": "__name__"}}, ["/tenancy/namespaceLabel", "does not match pattern"]),
+        ({"tenancy": {"namespaceLabel": "kubernetes.io/ns"}}, ["/tenancy/namespaceLabel", "does not match pattern"]),
+        ({"tenancy": {"namespace": "ns"}}, ["/tenancy", "additional properties 'namespace' not allowed"]),
     ],
 )
 def test_schema_rejects_bad_values_readably(values: dict[str, Any], expected: list[str]) -> None:

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from patron.api.models import CustomerSLOSpec
-from patron.impact.assess import Assessment, CustomerImpact
-from patron.reconcile import evaluated
+from patron.impact.assess import Assessment, CustomerImpact, DataProblem
+from patron.reconcile import evaluated, failed, material
 from patron.status import merge_patch, next_incident, set_condition
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -22,10 +22,10 @@ def customer(name: str, impacted: bool) -> CustomerImpact:
                           False, False, 1.0, 1.0)  # fmt: skip
 
 
-def assessment(*impacted: str, healthy: int = 3) -> Assessment:
+def assessment(*impacted: str, healthy: int = 3, age: float = 1.0) -> Assessment:
     cs = tuple(customer(n, True) for n in impacted) + tuple(customer(f"ok{i}", False) for i in range(healthy))
     frac = len(impacted) / len(cs)
-    return Assessment("critical" if impacted else "none", cs, frac, frac, 1.0)
+    return Assessment("critical" if impacted else "none", cs, frac, frac, age)
 
 
 def test_transition_time_moves_only_on_status_change() -> None:
@@ -86,3 +86,25 @@ docs = st.dictionaries(st.text(max_size=3), json_values, max_size=5)
 @given(docs, docs)
 def test_merge_patch_turns_old_into_new(old: dict[str, Any], new: dict[str, Any]) -> None:
     assert apply(old, merge_patch(old, new)) == new
+
+
+@given(st.floats(0, 300), st.floats(0, 300), st.booleans())
+def test_data_age_alone_is_no_material_change(age1: float, age2: float, impact: bool) -> None:
+    """Regression: the Ready message carried the data age, so every evaluation wrote the status."""
+    names = ("acme",) if impact else ()
+    first = evaluated(SPEC, {}, assessment(*names, age=age1), 1, T0).status
+    second = evaluated(SPEC, first, assessment(*names, age=age2), 1, T0 + timedelta(seconds=30)).status
+    assert second["dataAgeSeconds"] == round(age2)
+    assert material(second) == material(first)
+
+
+def test_failure_events_only_when_the_reason_changes() -> None:
+    ok = evaluated(SPEC, {}, assessment(), 1, T0).status
+    down = DataProblem("PrometheusUnavailable", "timed out")
+    first = failed(ok, down, 1, T0 + timedelta(seconds=30))
+    assert [e.reason for e in first.events] == ["PrometheusUnavailable"]
+    again = failed(first.status, DataProblem("PrometheusUnavailable", "refused"), 1, T0 + timedelta(seconds=60))
+    assert again.events == ()
+    partial = failed(again.status, DataProblem("PartialData", "3 of 10"), 1, T0 + timedelta(seconds=90))
+    assert [e.reason for e in partial.events] == ["PartialData"]
+    assert failed(partial.status, DataProblem("PartialData", "4 of 10"), 1, T0 + timedelta(seconds=120)).events == ()

@@ -114,7 +114,8 @@ def plan(sit: Situation, observed: Observed) -> Plan:
         if why is None and record.state != "Reverting":
             continue
         why = why or "a revert in progress"
-        text, effect = _give_back(sit, record, obj, owner, why)
+        named = spec is not None and record.target in (observed.desired, f"Deployment/{spec.target.name}")
+        text, effect = _give_back(sit, record, obj, owner, why, named)
         step = revert(sit, record, text, f"Scale {record.target}: {text}")
         steps[step.key] = step
         if step.verb == "revert" and effect is not None:
@@ -133,10 +134,12 @@ def plan(sit: Situation, observed: Observed) -> Plan:
 
 
 def _give_back(
-    sit: Situation, record: ActionRecord, obj: Scalable | None, owner: str | None, why: str
+    sit: Situation, record: ActionRecord, obj: Scalable | None, owner: str | None, why: str, named: bool
 ) -> tuple[str, SetValue | None]:
     """The revert's text and change: restore the original (and remove the owner mark) when the
-    object still has the value Patron set (or already the original); else leave the value."""
+    object still has the value Patron set (or already the original); else leave the value. An
+    object without Patron's owner mark is changed only when the spec names it (v0.1 set no mark):
+    a record written into the status by hand cannot make Patron scale another object."""
     unit = unit_of(record.target)
     original, held = record.original_replicas, record.replicas
     if record.state == "Skipped" or obj is None or original is None or record.target_ref is None:
@@ -144,6 +147,8 @@ def _give_back(
     if owner is not None:
         return f"left at {obj.value} {unit}: {why}", None
     claim = obj.owner == sit.owner
+    if not claim and not named:
+        return f"left at {obj.value} {unit}: it does not carry this CustomerSLO's owner mark; {why}", None
     if obj.value not in (held, original):
         text = f"left at {obj.value} {unit}: changed by someone else since Patron set {held}; {why}"
         return text, SetValue(record.target_ref, None, sit.owner, claim=False) if claim else None

@@ -120,7 +120,9 @@ def _where(record: ActionRecord) -> tuple[str, str]:
 
 def other_owner(sit: Situation, state: ConfigMapState | None, key: str) -> str | None:
     """Who else owns `key` of the ConfigMap: its owner mark when it is not ours; UNMARKED for
-    content without a mark, unless this CustomerSLO holds entries there (written by v0.1)."""
+    content without a mark, unless it is the key the spec configures and this CustomerSLO holds
+    entries there (written by v0.1). So a record written into the status by hand never makes
+    Patron write a key that is neither marked as its own nor named by the spec."""
     content = (state.data or {}).get(key) if state is not None else None
     if state is None or content is None:
         return None
@@ -128,8 +130,10 @@ def other_owner(sit: Situation, state: ConfigMapState | None, key: str) -> str |
     if owner == sit.owner:
         return None
     if owner is None:
+        spec = sit.spec.actions.throttle
+        configured = spec is not None and (spec.config_map, key_name(sit.name, spec)) == (state.name, key)
         held = any(_where(r) == (state.name, key) for r in sit.of_type("Throttle", "Active", "Reverting"))
-        return None if held else UNMARKED
+        return None if configured and held else UNMARKED
     return owner
 
 

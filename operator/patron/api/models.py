@@ -7,7 +7,6 @@ naming the field. `patron.api.crd` turns these models into crds/customerslo.yaml
 
 from __future__ import annotations
 
-import re
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
@@ -15,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic.alias_generators import to_camel
 
 from patron.api.durations import DURATION_PATTERN, parse_duration
+from patron.api.regex import compile_re2
 from patron.api.selectors import Selector, parse_selector
 
 API_GROUP = "patron.dev"
@@ -38,10 +38,7 @@ def _check_duration(value: str) -> str:
 
 
 def _check_regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as err:
-        raise ValueError(f"{value!r} is not a valid regular expression: {err}") from err
+    compile_re2(value)
     return value
 
 
@@ -55,7 +52,24 @@ Duration = Annotated[
     Field(pattern=DURATION_PATTERN, max_length=32, description="A duration such as 30s, 5m, 1h or 30d."),
     AfterValidator(_check_duration),
 ]
-Regex = Annotated[str, Field(max_length=256), AfterValidator(_check_regex)]
+# The API server's CEL compiles a regex with Go's regexp, whose syntax is RE2's: `''.matches(self)`
+# fails to evaluate on a pattern RE2 refuses, so kubectl apply refuses it naming the field.
+# Patron compiles it with RE2 again (compile_re2), which also bounds its memory.
+Regex = Annotated[
+    str,
+    Field(
+        max_length=256,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(''.matches(self)) == bool",
+                    "message": "must be an RE2 regular expression (no backreferences or lookarounds)",
+                }
+            ]
+        },
+    ),
+    AfterValidator(_check_regex),
+]
 VectorSelector = Annotated[
     str,
     Field(
@@ -151,7 +165,11 @@ class Tier(Model):
     name: str = Field(pattern=r"^[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$", max_length=63)
     weight: float = Field(default=1.0, gt=0, le=1000, description="Weight in weightedImpact.")
     customers: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=1000)
-    pattern: Regex | None = Field(default=None, description="Regex; customers matching it belong here.")
+    pattern: Regex | None = Field(
+        default=None,
+        description="RE2 regular expression (no backreferences or lookarounds, linear-time matching); "
+        "customers it matches anywhere in the name belong here (anchor with ^...$ for a whole-name match).",
+    )
 
 
 class Customers(Model):
@@ -167,7 +185,12 @@ class Customers(Model):
         ge=0,
         description="Requests per second over the long window for a customer to count as active.",
     )
-    ignore: list[Regex] = Field(default_factory=list, max_length=50, description="Regexes of customers never counted.")
+    ignore: list[Regex] = Field(
+        default_factory=list,
+        max_length=50,
+        description="RE2 regular expressions (no backreferences or lookarounds, linear-time matching) "
+        "of customers never counted; a customer matching any of them anywhere in the name is ignored.",
+    )
     tiers: list[Tier] = Field(
         default_factory=list,
         max_length=20,
@@ -260,6 +283,13 @@ class Impact(Model):
     )
     stale_after: Duration = Field(
         default="5m", description="Data whose newest sample is older than this is stale: nothing is acted on."
+    )
+    max_stale_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Above this fraction of active customers without a sample newer than staleAfter, "
+        "Ready=False (PartialData) and nothing is acted on; below it those customers are unknown, not counted.",
     )
 
 

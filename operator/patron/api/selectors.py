@@ -10,6 +10,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from patron.api.regex import compile_re2
+
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _OPS = ("=~", "!~", "!=", "=")
@@ -128,10 +130,11 @@ def parse_selector(text: str) -> Selector:
             except SelectorError as err:
                 raise SelectorError(f"{text!r}: {err}; {hint}") from None
             if op in ("=~", "!~"):
+                # Prometheus' regexes are RE2 (Go's regexp): refuse here what it would refuse.
                 try:
-                    re.compile(value)
-                except re.error as err:
-                    raise SelectorError(f"{text!r}: bad regex {value!r} for {lm.group(0)}: {err}") from None
+                    compile_re2(value)
+                except ValueError as err:
+                    raise SelectorError(f"{text!r}: bad regex for {lm.group(0)}: {err}") from None
             matchers.append(Matcher(lm.group(0), op, value))
             pos = _skip_space(text, pos)
             if pos < len(text) and text[pos] == ",":

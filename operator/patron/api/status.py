@@ -71,7 +71,11 @@ class ActionRecord(Model):
     (`original` plus the held value at the start of `detail`) are migrated when read."""
 
     type: ActionType
-    target: str = Field(pattern=TARGET_PATTERN, max_length=300, description="For people, and the record's key.")
+    target: str = Field(
+        pattern=TARGET_PATTERN,
+        max_length=len("HorizontalPodAutoscaler/") + 253,
+        description="For people, and the record's key.",
+    )
     target_ref: TargetRef | None = Field(default=None, description="The object changed (absent for alerts).")
     customer: str | None = None
     state: ActionState
@@ -162,6 +166,11 @@ class CustomerSLOStatus(Model):
     lost_customers: int | None = None
     storming_customers: int | None = None
     last_evaluation_time: str | None = None
+    data_age_seconds: int | None = Field(
+        default=None,
+        description="Age of the newest sample at lastEvaluationTime; like lastEvaluationTime, a change "
+        "in it alone is not written but with the heartbeat.",
+    )
     impacted: list[ImpactedCustomer] = Field(default_factory=list)
     actions: list[ActionRecord] = Field(default_factory=list)
     incident: Incident | None = None

@@ -7,16 +7,16 @@ rate(c, w) and errorRatio(c, w) come from the grouped queries of `patron.impact.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from patron.api.durations import parse_duration
 from patron.api.models import SEVERITY_ORDER, CustomerSLOSpec, Tier
+from patron.api.regex import compile_re2
 from patron.impact.queries import (
     BASELINE_COVERAGE,
-    FAMILIES,
+    ERRORS_SEEN,
     FRESHNESS,
     QueryPlan,
     bad_key,
@@ -57,14 +57,15 @@ class CustomerImpact:
 
 @dataclass(frozen=True)
 class Assessment:
-    """The impact of one evaluation. `customers` holds the active customers only."""
+    """The impact of one evaluation. `customers` holds the active customers with fresh data only."""
 
     severity: str
     customers: tuple[CustomerImpact, ...]
     impacted_fraction: float
     weighted_impact: float
-    data_age: float
+    data_age: float  # seconds: age of the newest sample
     notes: tuple[str, ...] = field(default=())
+    unknown: tuple[str, ...] = field(default=())  # active customers without a fresh sample, not counted
 
     @cached_property
     def impacted(self) -> tuple[CustomerImpact, ...]:
@@ -102,10 +103,10 @@ def error_ratio(bad: float, total: float, bad_is_good: bool) -> float:
 
 
 class TierIndex:
-    """Tier lookup: the first tier that lists a customer or whose pattern matches it (re.search)."""
+    """Tier lookup: the first tier that lists a customer or whose pattern matches it (RE2 search)."""
 
     def __init__(self, tiers: Sequence[Tier]) -> None:
-        self._tiers = [(t, set(t.customers), re.compile(t.pattern) if t.pattern else None) for t in tiers]
+        self._tiers = [(t, set(t.customers), compile_re2(t.pattern) if t.pattern else None) for t in tiers]
 
     def __call__(self, customer: str) -> Tier | None:
         for tier, names, pattern in self._tiers:
@@ -128,28 +129,57 @@ def severity_of(spec: CustomerSLOSpec, impacted: int, fraction: float, weighted:
     return best
 
 
-def _check_complete(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]) -> tuple[float, list[str]]:
-    """Raise DataProblem unless the data is present, finite and fresh; return (age, notes)."""
-    families = {labels.get("__name__", "") for labels, _ in results.get(FAMILIES, ())}
-    missing = [f for f in plan.required_families if f not in families]
-    if missing:
-        raise DataProblem("NoData", f"Prometheus has no series named {', '.join(missing)}; check the selectors")
-    notes = [f"no series named {f} yet: counted as zero errors" for f in plan.optional_families if f not in families]
-    freshness = results.get(FRESHNESS, ())
-    if not freshness:
-        total, _, _ = series_selectors(spec)
-        raise DataProblem("NoData", f"no current samples match {total.render()}")
-    age = freshness[0][1]
-    if not math.isfinite(age):
-        raise DataProblem("NoData", "the age of the newest sample is not a number")
-    stale_after = parse_duration(spec.impact.stale_after)
-    if age > stale_after:
-        raise DataProblem("StaleData", f"the newest sample is {age:.0f}s old (impact.staleAfter is {stale_after}s)")
+def _check_values(results: Mapping[str, Series]) -> None:
+    """Raise DataProblem('NoData') on any NaN or infinite value: nothing is concluded from them."""
     for name, series in results.items():
         bad = sum(1 for _, v in series if not math.isfinite(v))
         if bad:
             raise DataProblem("NoData", f"{bad} NaN or infinite values in {name}; nothing is concluded from them")
-    return age, notes
+
+
+def _errors_note(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]) -> list[str]:
+    """A note when the errors selector matches no series now (many counters appear at a first error)."""
+    if ERRORS_SEEN not in plan.queries or results.get(ERRORS_SEEN):
+        return []
+    _, bad, _ = series_selectors(spec)
+    return [f"no series match {bad.render()} yet: counted as zero errors"]
+
+
+def _freshness(
+    spec: CustomerSLOSpec, ages: Mapping[str, float], seen: int, active: Sequence[str]
+) -> tuple[float, list[str]]:
+    """(age of the newest sample, active customers without a fresh sample), or DataProblem.
+
+    `ages`: seconds since each customer's newest total sample; `seen`: customers in total[L].
+
+    Fresh: c's newest total sample is at most impact.staleAfter old (and within Prometheus' lookback,
+    else the freshness query returns nothing for c). With no fresh sample at all: StaleData (NoData
+    when nothing matches the total selector). When more than impact.maxStaleFraction of the active
+    customers are not fresh: PartialData (one fresh target must not hide the stale ones).
+    """
+    stale_after = parse_duration(spec.impact.stale_after)
+    newest = min(ages.values(), default=math.inf)
+    if newest > stale_after:
+        total, _, _ = series_selectors(spec)
+        if not ages and not seen:
+            raise DataProblem(
+                "NoData",
+                f"no current samples match {total.render()} with a {spec.customer_label} label; "
+                "check the selectors and customerLabel",
+            )
+        if not ages:
+            raise DataProblem("StaleData", f"no current sample of {total.render()} for any of {seen} customers")
+        raise DataProblem("StaleData", f"the newest sample is {newest:.0f}s old (impact.staleAfter is {stale_after}s)")
+    stale = [c for c in active if ages.get(c, math.inf) > stale_after]
+    limit = spec.impact.max_stale_fraction
+    if active and len(stale) / len(active) > limit:
+        raise DataProblem(
+            "PartialData",
+            f"{len(stale)} of {len(active)} active customers ({len(stale) / len(active):.0%}) have no sample "
+            f"newer than impact.staleAfter ({spec.impact.stale_after}), above impact.maxStaleFraction "
+            f"({limit:g}): a scrape target may be down",
+        )
+    return newest, stale
 
 
 def _check_buckets(spec: CustomerSLOSpec, totals: Mapping[str, float], good: Mapping[str, float]) -> None:
@@ -164,73 +194,122 @@ def _check_buckets(spec: CustomerSLOSpec, totals: Mapping[str, float], good: Map
         )
 
 
+@dataclass(frozen=True)
+class WindowView:
+    """One window w as present/absent per customer.
+
+    A customer absent from total[w] (no series with two samples in w: a scrape gap, a Prometheus
+    restart, a target down longer than w) is *unknown* in w: None, never "no errors" nor "no
+    recovery". A customer present with rate 0 sent no requests in w (it gave up): it is known.
+    """
+
+    rates: Mapping[str, float]  # rate(c, w) for the customers present in w
+    bads: Mapping[str, float]  # errors (ratio) or good requests (latency); absent means 0
+    bad_is_good: bool
+
+    def rate(self, c: str) -> float | None:
+        return self.rates.get(c)
+
+    def ratio(self, c: str) -> float | None:
+        """errorRatio(c, w); None when c is unknown in w."""
+        total = self.rates.get(c)
+        return None if total is None else error_ratio(self.bads.get(c, 0.0), total, self.bad_is_good)
+
+
+def burn_holds(long: WindowView, short: WindowView, c: str, allowed: float, threshold: float) -> bool:
+    """One row of impact.windows: burnRate(c, long) >= threshold and burnRate(c, short) >= threshold.
+
+    Unknown in either window: the row does not hold (nothing is concluded from missing data). Known
+    with no requests in the short window: no recovery there, its burn rate is the long one's (so a
+    customer who gave up stays impacted).
+    """
+    ratio_long, ratio_short, short_rate = long.ratio(c), short.ratio(c), short.rate(c)
+    if ratio_long is None or ratio_short is None or short_rate is None:
+        return False
+    burn_long = ratio_long / allowed
+    burn_short = ratio_short / allowed if short_rate > 0 else burn_long
+    return burn_long >= threshold and burn_short >= threshold
+
+
 def assess(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]) -> Assessment:
     """Impact per customer and in total (formulas in DESIGN.md "Definitions").
 
     - Active: rate(c, L) >= minRequestRate and c matches no `ignore` regex.
-    - Impacted: for some row, burnRate(c, long) >= burnRate and burnRate(c, short) >= burnRate.
-      A customer with no requests in a short window shows no recovery there: that short window's
-      burn rate is taken to be its long one (this is how a customer who gave up stays impacted).
-    - Lost: impacted and rate(c, S) < trafficDrop x rate(c, L offset L).
-    - Storming: rate(c, S) >= amplification x rate(c, L offset baseline), baseline > 0, and c's
-      series covers the whole baseline window (else rate() underestimates it: no baseline).
+    - Unknown: active but without a fresh sample (see `_freshness`): neither impacted nor healthy,
+      left out of every count. Above impact.maxStaleFraction of the active: DataProblem PartialData.
+    - Impacted: for some row, burnRate(c, long) >= burnRate and burnRate(c, short) >= burnRate, both
+      windows present (`burn_holds`: absent is unknown, present with no requests is no recovery).
+    - Lost: impacted, c present in S, and rate(c, S) < trafficDrop x rate(c, L offset L).
+    - Storming: c present in S, rate(c, S) >= amplification x rate(c, L offset baseline),
+      baseline > 0, and c's series covers the whole baseline window (else rate() underestimates
+      it: no baseline).
     """
-    age, notes = _check_complete(spec, plan, results)
+    _check_values(results)
+    notes = _errors_note(spec, plan, results)
     label = spec.customer_label
     _, _, bad_is_good = series_selectors(spec)
     totals = {key: by_label(results.get(key, ()), label) for key in results if key.startswith("total[")}
-    by_window = {w: totals.get(total_key(w), {}) for w in plan.windows}
-    bads = {w: by_label(results.get(bad_key(w), ()), label) for w in plan.windows}
+    views = {
+        w: WindowView(totals.get(total_key(w), {}), by_label(results.get(bad_key(w), ()), label), bad_is_good)
+        for w in plan.windows
+    }
     rows = [(parse_duration(r.long), parse_duration(r.short), r.burn_rate) for r in spec.impact.windows]
     tier_of = TierIndex(spec.customers.tiers)
     first = spec.first_window
     s_win, l_win = parse_duration(first.short), parse_duration(first.long)
-    budget_win = parse_duration(spec.window)
+    short, long_ = views[s_win], views[l_win]
+    budget = views[parse_duration(spec.window)]
     baseline = parse_duration(spec.impact.retry_storm.baseline)
-    long_rates = totals.get(total_key(l_win), {})
     earlier_rates = totals.get(total_key(l_win, l_win), {})
     covered = by_label(results.get(BASELINE_COVERAGE, ()), label)
     baseline_rates = {c: r for c, r in totals.get(total_key(l_win, baseline), {}).items() if c in covered}
     if bad_is_good:
-        _check_buckets(spec, long_rates, bads[l_win])
-    ignore = [re.compile(p) for p in spec.customers.ignore]
+        _check_buckets(spec, long_.rates, long_.bads)
+    ignore = [compile_re2(p) for p in spec.customers.ignore]
     allowed = spec.error_budget
-
-    def ratio(c: str, w: int) -> float:
-        return error_ratio(bads[w].get(c, 0.0), by_window[w].get(c, 0.0), bad_is_good)
-
-    def has_traffic(c: str, w: int) -> bool:
-        return by_window[w].get(c, 0.0) > 0
+    active = [
+        c
+        for c, rate_l in long_.rates.items()
+        if rate_l >= spec.customers.min_request_rate and not any(p.search(c) for p in ignore)
+    ]
+    age, stale = _freshness(spec, by_label(results.get(FRESHNESS, ()), label), len(long_.rates), active)
+    unknown = set(stale)
+    if stale:
+        notes.append(
+            f"{len(stale)} customers without a fresh sample are unknown, not counted: {', '.join(sorted(stale)[:5])}"
+            + (", ..." if len(stale) > 5 else "")
+        )
 
     customers = []
-    for c, rate_l in long_rates.items():
-        if rate_l < spec.customers.min_request_rate or any(p.search(c) for p in ignore):
+    for c in active:
+        if c in unknown:
             continue
-        impacted = False
-        for lw, sw, threshold in rows:
-            burn_long = ratio(c, lw) / allowed
-            burn_short = ratio(c, sw) / allowed if has_traffic(c, sw) else burn_long
-            impacted = impacted or (burn_long >= threshold and burn_short >= threshold)
-        short_rate = by_window[s_win].get(c, 0.0)
+        impacted = any(burn_holds(views[lw], views[sw], c, allowed, threshold) for lw, sw, threshold in rows)
+        short_rate = short.rate(c)
         earlier = earlier_rates.get(c)
         base = baseline_rates.get(c)
         tier = tier_of(c)
-        err_s = ratio(c, s_win) if has_traffic(c, s_win) else ratio(c, l_win)
+        # Shown over S; over L when c sent nothing in S or is unknown there (display only).
+        err_s = short.ratio(c) if short_rate else long_.ratio(c)
         customers.append(
             CustomerImpact(
                 customer=c,
                 tier=tier.name if tier else NO_TIER,
                 weight=tier.weight if tier else 1.0,
-                request_rate=rate_l,
-                error_ratio=err_s,
-                burn_rate=err_s / allowed,
-                budget_remaining=1 - ratio(c, budget_win) / allowed,
+                request_rate=long_.rates[c],
+                error_ratio=err_s or 0.0,
+                burn_rate=(err_s or 0.0) / allowed,
+                budget_remaining=1 - (budget.ratio(c) or 0.0) / allowed,
                 impacted=impacted,
                 lost=impacted
+                and short_rate is not None
                 and earlier is not None
                 and short_rate < spec.impact.lost_customers.traffic_drop * earlier,
-                storming=base is not None and base > 0 and short_rate >= spec.impact.retry_storm.amplification * base,
-                short_rate=short_rate,
+                storming=short_rate is not None
+                and base is not None
+                and base > 0
+                and short_rate >= spec.impact.retry_storm.amplification * base,
+                short_rate=short_rate or 0.0,
                 baseline_rate=base if base else None,
             )
         )
@@ -246,4 +325,5 @@ def assess(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]
         weighted_impact=weighted,
         data_age=age,
         notes=tuple(notes),
+        unknown=tuple(sorted(unknown)),
     )

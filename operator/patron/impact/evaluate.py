@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 from patron.api.models import CustomerSLOSpec
@@ -17,6 +18,11 @@ def evaluate(spec: CustomerSLOSpec, prometheus: Prometheus, at: datetime | None 
 
 
 async def evaluate_now(spec: CustomerSLOSpec, prometheus: Prometheus) -> Assessment:
-    """The operator's evaluation: now, queries concurrent, budget-window results reused for a while."""
+    """The operator's evaluation: now, queries concurrent, budget-window results reused for a while.
+
+    `assess` runs in a worker thread: for thousands of customers it takes long enough to stall
+    every other CustomerSLO on the event loop.
+    """
     plan = plan_queries(spec)
-    return assess(spec, plan, await prometheus.run_async(plan))
+    results = await prometheus.run_async(plan)
+    return await asyncio.to_thread(assess, spec, plan, results)

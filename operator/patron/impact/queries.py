@@ -15,7 +15,7 @@ from patron.api.selectors import Selector
 FRESHNESS = "freshness"
 BASELINE_COVERAGE = "baseline coverage"
 BUDGET_REFRESH = 300.0  # seconds a live operator may reuse budget-window results
-FAMILIES = "families"
+ERRORS_SEEN = "errors seen"
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,6 @@ class QueryPlan:
 
     queries: dict[str, str]
     windows: tuple[int, ...]  # seconds, every window the math needs a rate over
-    required_families: tuple[str, ...]  # metric names whose absence means the spec measures nothing
-    optional_families: tuple[str, ...]  # error counters may legitimately not exist before a first error
     # Queries over the budget window alone: the costliest (30d by default), used only for
     # budgetRemaining, never for a decision, so a live operator may reuse them for BUDGET_REFRESH.
     budget_only: frozenset[str] = frozenset()
@@ -76,8 +74,12 @@ def plan_queries(spec: CustomerSLOSpec) -> QueryPlan:
     - total[w], bad[w] for each window w of impact.windows and spec.window;
     - total[L] offset L (lost customers' earlier traffic), total[L] offset baseline (storms);
     - baseline coverage: which customers had series when the storm baseline window began;
-    - freshness: age in seconds of the newest total sample;
-    - families: which of the metric names the selectors use exist at all.
+    - freshness: per customer, the age in seconds of its newest total sample;
+    - errors seen (ratio indicator): whether the errors selector matches any series now (an error
+      counter may not exist before a first error; the Ready message then says so).
+
+    Every query uses the indicator's own selectors, so none reads other services' series; whether
+    the total series exist at all is answered by the freshness and total[L] results.
     """
     total, bad, bad_is_good = series_selectors(spec)
     label = spec.customer_label
@@ -98,16 +100,11 @@ def plan_queries(spec: CustomerSLOSpec) -> QueryPlan:
     # Customers whose series already existed when the baseline window began: for a younger series
     # rate() spreads a partial increase over the whole window and underestimates the baseline.
     queries[BASELINE_COVERAGE] = f"group by ({label}) ({total.render()} offset {format_duration(long_ + baseline)})"
-    queries[FRESHNESS] = f"time() - max(timestamp({total.render()}))"
-    required = {total.metric} | ({bad.metric} if bad_is_good else set())
-    optional = set() if bad_is_good else {bad.metric} - required
-    families = sorted(f for f in required | optional if f)
-    if families:
-        queries[FAMILIES] = f'group by (__name__) ({{__name__=~"{"|".join(families)}"}})'
+    queries[FRESHNESS] = f"time() - max by ({label}) (timestamp({total.render()}))"
+    if not bad_is_good:
+        queries[ERRORS_SEEN] = f"group({bad.render()})"
     return QueryPlan(
         queries=queries,
         windows=tuple(windows),
-        required_families=tuple(sorted(f for f in required if f)),
-        optional_families=tuple(sorted(f for f in optional if f)),
         budget_only=frozenset() if budget in impact_windows else frozenset({total_key(budget), bad_key(budget)}),
     )
