@@ -444,6 +444,7 @@ def test_hostile_status_targets_are_refused_and_nothing_leaves_the_namespace(bed
 def test_revert_under_revoked_patch_is_recorded_retried_and_done(bed: Bed, k8s_api: ApiClient) -> None:
     w = bed.world("revert")
     ns, owner = w.namespace, f"{w.namespace}/checkout"
+    log_from = len(bed.operator.log())
     w.apply(config_map(OTHERS), deployment(replicas=2))
     w.apply(storm_slo(ns, throttle=throttle(), scale=scale(2, 4, "10m")))
     first_evaluation(w)
@@ -477,7 +478,7 @@ def test_revert_under_revoked_patch_is_recorded_retried_and_done(bed: Bed, k8s_a
                 15,
                 "the write verbs revoked",
             )
-            revoked_at = stamp()
+            revoked_at, revoked_mono = stamp(), time.monotonic()
             assert datetime.now(UTC).timestamp() - datetime.fromisoformat(ended).timestamp() < 18, "revoked too late"
 
             # The revert is recorded before it is attempted (Reverting on the server), then fails.
@@ -495,6 +496,9 @@ def test_revert_under_revoked_patch_is_recorded_retried_and_done(bed: Bed, k8s_a
                 )
             failed_at = stamp()
             time.sleep(4)  # two intervals more while revoked
+            # A fourth customer: a material change, so the next evaluation writes status at once (one
+            # that changed nothing is written only as the heartbeat, once a minute).
+            w.exporter.set("dave", rps=10)
             status = evaluated_after(w, failed_at)  # it tried again since: nothing was given back
             assert {(r["type"], r["state"]) for r in status["actions"]} >= {
                 ("Throttle", "Reverting"),
@@ -506,6 +510,8 @@ def test_revert_under_revoked_patch_is_recorded_retried_and_done(bed: Bed, k8s_a
         finally:
             fault.restore()
         wait_for(lambda: all(bed.can(v, r, ns, s) for v in ("patch",) for r, s in WRITE_CHECKS), 15, "verbs back")
+        refused = [line for line in bed.operator.log()[log_from:].splitlines() if "403" in line and ns in line]
+        print(f"revoked {time.monotonic() - revoked_mono:.0f} s: {len(refused)} writes refused (403)")
 
         # Given back on a later evaluation: the entry, the replicas, the owner marks.
         wait_for(lambda: replicas_of(w.get("deployment", "web")) == 2, 60, "web restored to 2", explain=explain(w))
