@@ -134,7 +134,12 @@ def bed(testbed: Testbed, patron_crd: str, tmp_path_factory: pytest.TempPathFact
                 operator.start()
             # Deleted while the operator runs: it gives back what it holds, then the finalizers go.
             for ns in served.values():
+                began = time.monotonic()
                 testbed.kubectl("delete", "cslo", "--all", "-n", ns, "--timeout=60s", check=False)
+                took = time.monotonic() - began
+                print(f"deleted the CustomerSLOs of {ns} in {took:.1f} s")
+                if took > 10:  # a finalizer held on: say why
+                    print("\n".join(line for line in operator.log().splitlines()[-400:] if "on_tick" not in line))
             operator.stop()
         if spaces.made:
             helm(testbed, "uninstall", name, "--namespace", spaces.made[0], "--wait", check=False)
