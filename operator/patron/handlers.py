@@ -75,6 +75,7 @@ async def on_delete(name: str, namespace: str | None, memo: Any, logger: Logger,
     The finalizer stays (a TemporaryError retries) until nothing is held, or until RELEASE_GIVE_UP
     after the deletionTimestamp: then a ReleaseAbandoned Warning names what was left behind."""
     async with _lock(memo):
+        metrics.forget(namespace or "", name)
         k8s: K8s = memo.kube
         obj = await k8s.get("CustomerSLO", namespace or "", name)
         if obj is None:
@@ -167,6 +168,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
             metrics.LAST_EVALUATION.labels(namespace, name).set_to_current_time()
         context = _context(obj, memo, logger, now)
         outcome = await act(context, spec, assessment, outcome)
+        metrics.observe(namespace, name, outcome.status, time.monotonic() - started)
         if _worth_writing(context.writer.current, outcome.status, now):
             await context.writer.write(outcome.status)
         for event in outcome.events:

@@ -181,13 +181,19 @@ class K8s:
         return await self._call("PATCH", kind, namespace, name, patch, MERGE_PATCH, sub=sub)
 
 
-def api_client() -> kubernetes.client.ApiClient:
-    """From KUBECONFIG / ~/.kube/config, else the in-cluster ServiceAccount (as kubectl does)."""
+def api_client(kubeconfig: str | None = None, context: str | None = None) -> kubernetes.client.ApiClient:
+    """From `kubeconfig` (else KUBECONFIG / ~/.kube/config) and `context`, else the in-cluster
+    ServiceAccount (as kubectl does). A kubeconfig or context named explicitly must work."""
+    configuration = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context, client_configuration=configuration
+        )
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    return kubernetes.client.ApiClient()
+        if kubeconfig or context:
+            raise
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient(configuration)
 
 
 class StatusWriter:
