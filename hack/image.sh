@@ -74,11 +74,16 @@ cmd_base() {
 }
 
 cmd_build() {
-  local start=$SECONDS args=()
+  local start=$SECONDS args=() old
   cmd_base
   [ "$BASE" = "$OFFICIAL_BASE" ] || args=(--build-arg "PYTHON_IMAGE=$BASE")
+  old=$(buildah images --quiet --no-trunc "$IMAGE" 2>/dev/null || true)
   log "building $IMAGE from the Dockerfile on $BASE"
   buildah bud --isolation chroot --layers=false --quiet "${args[@]}" -t "$IMAGE" "$ROOT" >/dev/null
+  # The previous build of this tag, now untagged, is dropped (unless a container still uses it).
+  if [ -n "$old" ] && [ "$old" != "$(buildah images --quiet --no-trunc "$IMAGE")" ]; then
+    buildah rmi "$old" >/dev/null 2>&1 || true
+  fi
   log "built $IMAGE in $(elapsed "$start") s ($(buildah images --format '{{.Size}}' "$IMAGE"))"
   echo "$IMAGE"
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, etcd, kwok, helm, ratelimit) from the wrapper Go modules in hack/tools/*, into a cache
-# outside the repository keyed by those modules and the Go version. See docs/testbed.md.
+# outside the repository keyed by those modules and the Go version, and renders Envoy Gateway's CRDs
+# from its Go module (envoy-gateway-crds). See docs/testbed.md.
 #
 #   hack/tools.sh build [NAME...]   build what is missing (all tools by default); reuse the rest
 #   hack/tools.sh path              print the bin directory for the current versions
@@ -16,7 +17,10 @@ MODULES=$ROOT/hack/tools
 CACHE_ROOT=${PATRON_TOOLS_CACHE:-$HOME/.cache/patron/tools}
 # Bump when the build recipe below changes in a way the go.mod/go.sum files do not show.
 RECIPE=1
-TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm ratelimit)
+TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm ratelimit envoy-gateway-crds)
+# Envoy Gateway's module; its chart charts/gateway-crds-helm holds the BackendTrafficPolicy CRD and
+# the Gateway API CRDs (standard channel), rendered with helm into envoy-gateway-crds.yaml.
+ENVOY_GATEWAY=v1.9.1
 # Tools keyed by their own module alone, in $CACHE_ROOT/NAME-<key> and linked into $BIN: adding or
 # bumping one of them rebuilds only it, not the Kubernetes binaries (minutes of CPU).
 OWN_KEY=(ratelimit)
@@ -133,6 +137,28 @@ build_tool() {
   [ "$out" = "$BIN" ] || ln -sfn "$out/$name" "$BIN/$name"
 }
 
+# The CRDs of the Envoy Gateway chart the e2e tests write through: BackendTrafficPolicy and the
+# Gateway API (its templates are wrapped in `if .Values.crds.*.enabled`, so helm renders them).
+# Keyed by the module version alone, in $CACHE_ROOT/envoy-gateway-crds-VERSION, linked into TOOL_DIR.
+render_envoy_gateway_crds() {
+  local dir=$CACHE_ROOT/envoy-gateway-crds-$ENVOY_GATEWAY src start
+  if [ ! -s "$dir/crds.yaml" ]; then
+    build_tool helm
+    start=$(date +%s%N)
+    src=$(cd "$CACHE_ROOT" && "$GO" mod download -json "github.com/envoyproxy/gateway@$ENVOY_GATEWAY" |
+      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    [ -d "$src/charts/gateway-crds-helm" ] || die "github.com/envoyproxy/gateway@$ENVOY_GATEWAY has no charts/gateway-crds-helm"
+    mkdir -p "$dir"
+    "$BIN/helm" template envoy-gateway-crds "$src/charts/gateway-crds-helm" \
+      --set crds.envoyGateway.enabled=true --set crds.gatewayAPI.enabled=true --set crds.gatewayAPI.channel=standard \
+      --show-only templates/generated/gateway.envoyproxy.io_backendtrafficpolicies.yaml \
+      --show-only templates/standard-gatewayapi-crds.yaml >"$dir/.crds.yaml.tmp"
+    mv -f "$dir/.crds.yaml.tmp" "$dir/crds.yaml"
+    log "rendered Envoy Gateway $ENVOY_GATEWAY CRDs in $(elapsed "$start") s"
+  fi
+  ln -sfn "$dir/crds.yaml" "$TOOL_DIR/envoy-gateway-crds.yaml"
+}
+
 # kwok v0.8 ships no built-in stages: copy the ones the test bed uses from the module source.
 copy_kwok_stages() {
   local dest=$TOOL_DIR/kwok-stages src stage
@@ -155,7 +181,10 @@ cmd_build() {
   exec 9>"$TOOL_DIR/.lock"
   flock 9
   for name in "${names[@]}"; do
-    build_tool "$name"
+    case $name in
+      envoy-gateway-crds) render_envoy_gateway_crds ;;
+      *) build_tool "$name" ;;
+    esac
     [ "$name" != kwok ] || copy_kwok_stages
   done
   flock -u 9
@@ -194,6 +223,7 @@ cmd_verify() {
   check helm "$helm" "$BIN/helm" version --short
   # ratelimit prints no version: its build information names the module version it was built from.
   check ratelimit "github.com/envoyproxy/ratelimit	$ratelimit" "$GO" version -m "$BIN/ratelimit"
+  check envoy-gateway-crds "name: backendtrafficpolicies.gateway.envoyproxy.io" cat "$TOOL_DIR/envoy-gateway-crds.yaml"
   for name in "${KWOK_STAGES[@]}"; do
     check "stage $(basename "$name")" "kind: Stage" cat "$TOOL_DIR/kwok-stages/$(basename "$name")"
   done
