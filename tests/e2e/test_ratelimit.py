@@ -19,17 +19,14 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import TESTBED_SH, run
-from tests.e2e.test_actions_helpers import World, slo, world_fixture  # noqa: F401
+from tests.e2e.test_actions_helpers import World, world_fixture  # noqa: F401
+from tests.e2e.test_actions_throttle import storm_under_two_throttles
 from tests.support.wait import wait_for
 
 # A user's own rule in the same ConfigMap (another domain): it must stay loaded throughout.
 USER_RULE = "domain: search\ndescriptors:\n  - key: customer_id\n    rate_limit: {unit: minute, requests_per_unit: 9}\n"
-LIMIT = 13  # ceil(baseline 10 req/s x headroom 1.25)
+LIMIT = 13  # ceil(baseline 10 req/s x headroom 1.25): storm_under_two_throttles
 BURST = 30  # requests sent within one second window
-
-
-def throttle(shadow: bool, domain: str) -> dict[str, Any]:
-    return {"configMap": "ratelimit-config", "domain": domain, "headroom": 1.25, "shadow": shadow, "ttl": "10m"}
 
 
 class RateLimitService:
@@ -97,22 +94,9 @@ def test_the_real_service_enforces_patrons_limit_on_the_stormer_only(world: Worl
     user_line = "search.customer_id: unit=MINUTE requests_per_unit=9, shadow_mode: false, quota_mode: false"
     wait_for(lambda: loaded(service, user_line), timeout=30, what="the user's rule loaded", explain=service.rlconfig)
 
-    for name in ("acme", "bigbot", "carol"):
-        w.exporter.set(name, rps=10)
-    w.start_operator()
-    slos = [
-        slo(w.namespace, "checkout", actions={"throttle": throttle(False, "checkout")}),
-        slo(w.namespace, "shadow", actions={"throttle": throttle(True, "shadow")}),
-    ]
-    for body in slos:
-        body["spec"]["impact"]["retryStorm"]["baseline"] = "15s"
-    w.apply(*slos)
     # Before any storm the service has no limit for anyone in these domains.
     assert service.burst("checkout", "bigbot") == {"OK": BURST, "without a limit": BURST}
-    # The baseline is the rate over L (1m) 15s earlier: it is exact once 75s of history exist.
-    time.sleep(80)
-    w.exporter.set("bigbot", rps=60)  # a retry storm: 6x its baseline
-    w.exporter.set("carol", rps=10, errors=1.0)  # ...and others suffer
+    storm_under_two_throttles(w)
 
     limit_line, shadow_line = line("checkout", "bigbot", LIMIT), line("shadow", "bigbot", LIMIT, shadow=True)
     wait_for(lambda: loaded(service, limit_line), timeout=120, what="Patron's limit loaded", explain=service.rlconfig)
