@@ -167,20 +167,76 @@ def _print_table(status: dict[str, Any]) -> None:
     print("\n".join(table(header, rows)))
 
 
+def _report_target(args: argparse.Namespace) -> tuple[str, str]:
+    """NAMESPACE/NAME, or NAME with -n/--namespace, else the kubeconfig context's namespace (as kubectl)."""
+    import kubernetes
+
+    namespace, slash, name = args.target.rpartition("/")
+    if slash and (not namespace or not name or args.namespace not in (None, namespace)):
+        raise SystemExit("error: name the CustomerSLO as NAMESPACE/NAME, or NAME with -n NAMESPACE")
+    if not slash:
+        name, namespace = args.target, args.namespace or ""
+    if not namespace:
+        try:
+            contexts, current = kubernetes.config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+                config_file=args.kubeconfig
+            )
+            chosen = next((c for c in contexts if c["name"] == args.context), None) if args.context else current
+            namespace = str((chosen or {}).get("context", {}).get("namespace") or "default")
+        except (kubernetes.config.ConfigException, OSError):
+            namespace = "default"
+    return namespace, name
+
+
+def _incident_data(
+    prom: Any, spec: Any, namespace: str, name: str, window: tuple[datetime, datetime]
+) -> tuple[dict[str, Any] | None, Any]:
+    """From Prometheus: per-customer counts, per-minute series and the operator's customer counts.
+
+    Each part that cannot be read is left out (None) with a warning; nothing is made up.
+    """
+    from patron.impact.assess import DataProblem
+    from patron.report import (
+        IncidentData,
+        chart_step,
+        incident_queries,
+        minute_queries,
+        operator_query,
+        range_step,
+    )
+
+    counts: dict[str, Any] | None = None
+    minutes: dict[str, Any] | None = None
+    customers: Any = None
+    step = range_step(*window)
+    try:
+        counts = {k: prom.query(q, window[1]) for k, q in incident_queries(spec, *window).items()}
+        minutes = {k: prom.query_range(q, window[0], window[1], step) for k, q in minute_queries(spec, step).items()}
+    except DataProblem as problem:
+        print(printable(f"warning: {problem.message}; failed requests per customer are left out"), file=sys.stderr)
+    try:
+        customers = prom.query_range(operator_query(namespace, name), *window, chart_step(*window))
+    except DataProblem as problem:
+        print(printable(f"warning: {problem.message}; the customers chart is left out"), file=sys.stderr)
+    return counts, IncidentData(minutes=minutes, customers=customers)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import kubernetes
 
     from patron.api.models import API_GROUP, API_VERSION, PLURAL
-    from patron.impact.assess import DataProblem, Series
+    from patron.impact.assess import DataProblem
     from patron.impact.prometheus import Prometheus
     from patron.kube import api_client
     from patron.reconcile import parse_spec
-    from patron.report import build_report, incident_queries, render, report_time
+    from patron.report import IncidentData, build_report, render, report_time
+    from patron.report_html import render_html
 
-    namespace, _, name = args.target.partition("/")
-    if not namespace or not name:
-        raise SystemExit("error: name the CustomerSLO as NAMESPACE/NAME")
-    client = api_client()
+    namespace, name = _report_target(args)
+    try:
+        client = api_client(args.kubeconfig, args.context)
+    except (kubernetes.config.ConfigException, OSError) as err:
+        raise SystemExit(printable(f"error: cannot load the Kubernetes configuration: {err}")) from None
     try:
         obj = cast(
             dict[str, Any],
@@ -198,15 +254,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         spec = parse_spec(obj.get("spec") or {}, args.namespace_label, namespace)
     except DataProblem as problem:
         raise SystemExit(printable(f"error: {problem.message}")) from None
-    counts: dict[str, Series] | None = None
+    counts, data = None, IncidentData()
     window = report_time(obj, datetime.now(UTC))
     if window and args.prometheus:
-        try:
-            prom = Prometheus(args.prometheus)
-            counts = {k: prom.query(q, window[1]) for k, q in incident_queries(spec, *window).items()}
-        except DataProblem as problem:
-            print(printable(f"warning: {problem.message}; failed requests per customer are left out"), file=sys.stderr)
-    print(render(build_report(obj, events, counts, spec), args.output), end="")
+        counts, data = _incident_data(Prometheus(args.prometheus), spec, namespace, name, window)
+    report = build_report(obj, events, counts, spec, data)
+    text = render_html(report) if args.output == "html" else render(report, args.output)
+    if args.file:
+        Path(args.file).write_text(text, encoding="utf-8", newline="")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -244,7 +301,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="patron", description="Customer-impact SLOs for Kubernetes.")
+    # Run as kubectl-patron, kubectl calls it `kubectl patron`; help and errors say so.
+    prog = "kubectl patron" if Path(sys.argv[0]).name.startswith("kubectl-") else "patron"
+    parser = argparse.ArgumentParser(prog=prog, description="Customer-impact SLOs for Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the operator")
@@ -289,13 +348,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     rep = sub.add_parser("report", help="post-mortem of a CustomerSLO's current or last incident")
-    rep.add_argument("target", metavar="NAMESPACE/NAME")
+    rep.add_argument("target", metavar="[NAMESPACE/]NAME")
+    rep.add_argument("-n", "--namespace", help="the CustomerSLO's namespace (default: the context's, as kubectl)")
+    rep.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+    rep.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     rep.add_argument(
         "--prometheus",
         default=os.environ.get("PATRON_PROMETHEUS_URL"),
         help="Prometheus base URL for failed requests per customer (default: $PATRON_PROMETHEUS_URL)",
     )
-    rep.add_argument("-o", "--output", choices=("table", "markdown", "json"), default="table")
+    rep.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "markdown", "json", "csv", "html"),
+        default="table",
+        help="csv: the outreach list, one row per affected customer; html: one self-contained page with charts",
+    )
+    rep.add_argument("--file", help="write the report to FILE instead of stdout")
     _add_namespace_label(rep)
     rep.set_defaults(func=cmd_report)
 

@@ -70,6 +70,7 @@ async def stop_alerts(memo: kopf.Memo, **_: Any) -> None:
 async def on_delete(name: str, namespace: str | None, memo: Any, logger: Logger, **_: Any) -> None:
     """Give back what Patron holds for this CustomerSLO before it goes (patron.actions.release)."""
     async with _lock(memo):
+        metrics.forget(namespace or "", name)
         obj = await memo.kube.get_slo(namespace or "", name)
         if obj is None:
             return
@@ -136,6 +137,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
             obj=obj, kube=kube, config=memo.config, alerts=memo.get("alerts"), now=now, logger=logger
         )
         outcome = await act(context, spec, assessment, outcome)
+        metrics.observe(namespace, name, outcome.status, time.monotonic() - started)
         patch = merge_patch(previous, outcome.status)
         if patch and _worth_writing(previous, outcome.status, now):
             await kube.patch_slo_status(namespace, name, patch)

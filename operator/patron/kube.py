@@ -13,13 +13,19 @@ from patron.api.models import API_GROUP, API_VERSION, PLURAL
 FIELD_MANAGER = "patron.dev"
 
 
-def api_client() -> kubernetes.client.ApiClient:
-    """From KUBECONFIG / ~/.kube/config, else the in-cluster ServiceAccount (as kubectl does)."""
+def api_client(kubeconfig: str | None = None, context: str | None = None) -> kubernetes.client.ApiClient:
+    """From `kubeconfig` (else KUBECONFIG / ~/.kube/config) and `context`, else the in-cluster
+    ServiceAccount (as kubectl does). A kubeconfig or context named explicitly must work."""
+    configuration = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context, client_configuration=configuration
+        )
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    return kubernetes.client.ApiClient()
+        if kubeconfig or context:
+            raise
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient(configuration)
 
 
 class Kube:

@@ -134,6 +134,7 @@ def forbidden_lines(log: str) -> list[str]:
             "dryRun": True,
             "logFormat": "json",
             "tenancy": {"namespaceLabel": "namespace"},
+            "grafana": {"dashboard": {"enabled": True}},
         },
         {"peering": {"enabled": True, "name": "patron-dry"}},
         {"watchNamespaces": ["LISTED"], "peering": {"enabled": True, "name": "patron-dry"}},
@@ -165,6 +166,8 @@ def test_rendered_chart_passes_server_side_dry_run(
         assert {"serviceaccount", "deployment", "service", "clusterrole", "clusterrolebinding"} <= kinds
         if "watchNamespaces" in values:
             assert {"role", "rolebinding"} <= kinds
+        if "grafana" in values:
+            assert "configmap" in kinds  # the Grafana dashboard
         if "peering" in values:
             assert ("kopfpeering" if "watchNamespaces" in values else "clusterkopfpeering") in kinds
     finally:

@@ -46,6 +46,17 @@ SCENARIOS: dict[str, list[Customer]] = {
         changed("quitter", 2.0, Phase(40 * MIN, 2.0, errors=1.0), Phase(10 * MIN, 0.0)),
         *many("ok-", 20, 2.0),
     ],
+    # (k) an outage that spreads and heals: one more of spread-0..4 fails fully every 4 minutes from
+    # 40 minutes ago, each for 16 minutes (the last heals 8 minutes ago); bigbot storms (5x) for the
+    # last 15; 10 peers are fine.
+    "spreading": [
+        *(
+            changed(f"spread-{i}", 2.0, Phase((40 - 4 * i) * MIN, 2.0, errors=1.0), Phase((24 - 4 * i) * MIN, 2.0))
+            for i in range(5)
+        ),
+        changed("bigbot", 2.0, Phase(15 * MIN, 10.0)),
+        *many("fine-", 10, 2.0),
+    ],
     # healthy: nothing to see.
     "healthy": list(many("h-", 30, 1.0)),
 }

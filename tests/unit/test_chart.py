@@ -170,7 +170,9 @@ def test_values_reach_the_operator_flags() -> None:
         {"name": "metrics", "port": 9000, "targetPort": "metrics", "protocol": "TCP"}
     ]
     monitor = one(docs, "ServiceMonitor")
-    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s", "honorLabels": True}
+    ]
     service_labels = one(docs, "Service")["metadata"]["labels"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
     assert one(docs, "PrometheusRule")["metadata"]["labels"]["release"] == "monitoring"

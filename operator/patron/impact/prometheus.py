@@ -16,6 +16,8 @@ from patron.impact.assess import DataProblem, Series
 from patron.impact.queries import BUDGET_REFRESH, QueryPlan
 
 DEFAULT_TIMEOUT = 10.0
+# A range query's result: per series its labels and (unix time, value) samples, oldest first.
+RangeSeries = list[tuple[dict[str, str], list[tuple[float, float]]]]
 
 
 class Prometheus:
@@ -30,9 +32,21 @@ class Prometheus:
     def query(self, promql: str, at: datetime | None = None) -> Series:
         """One instant query; a vector or scalar result as (labels, value) pairs."""
         params = {"time": f"{at.timestamp():.3f}"} if at else {}
+        return _parse(self._call(promql, lambda: self._client.custom_query(promql, params=params)))
+
+    def query_range(self, promql: str, start: datetime, end: datetime, step_seconds: int) -> RangeSeries:
+        """One range query over [start, end]: a matrix as (labels, [(unix time, value), ...]) pairs."""
+        data = self._call(promql, lambda: self._client.custom_query_range(promql, start, end, str(step_seconds)))
+        out: RangeSeries = []
+        for item in data if isinstance(data, list) else []:
+            out.append((dict(item.get("metric", {})), [(float(t), float(v)) for t, v in item.get("values", [])]))
+        return out
+
+    def _call(self, promql: str, request: Callable[[], object]) -> object:
+        """Run one API request; errors as DataProblem, counted and timed in patron_prometheus_query_*."""
         started = time.monotonic()
         try:
-            data = self._client.custom_query(promql, params=params)
+            data = request()
         except RequestException as err:
             metrics.QUERIES.labels(outcome="unavailable").inc()
             raise DataProblem("PrometheusUnavailable", f"Prometheus at {self.url} did not answer: {err}") from err
@@ -42,7 +56,7 @@ class Prometheus:
         finally:
             metrics.QUERY_SECONDS.observe(time.monotonic() - started)
         metrics.QUERIES.labels(outcome="ok").inc()
-        return _parse(data)
+        return data
 
     def run(self, plan: QueryPlan, at: datetime | None = None) -> dict[str, Series]:
         return {name: self.query(promql, at) for name, promql in plan.queries.items()}
