@@ -70,7 +70,7 @@ install_monitoring() {
 install_patron() {
   local repo=${IMAGE%:*} tag=${IMAGE##*:} args=()
   args=(--set "image.repository=$repo" --set "image.tag=$tag" --set image.pullPolicy=Never
-    --set "prometheusUrl=$PROM")
+    --set "prometheusUrl=$PROM" --set actions.rollback.enabled=true) # examples/checkout.yaml rolls back
   [ -z "$AM" ] || args+=(--set "alertmanagerUrls={$AM}")
   if [ "$MONITORING_CRDS" = true ]; then
     args+=(--set metrics.serviceMonitor.enabled=true --set prometheusRule.enabled=true)

@@ -35,6 +35,7 @@ KUBECONFIG_FILE=$STATE/kubeconfig
 PROM_DIR=$STATE/prometheus
 AM_DIR=$STATE/alertmanager
 ALERT_LOG=$STATE/alerts.jsonl
+AUDIT_LOG=$STATE/audit.log
 # The ratelimit service reads RATELIMIT_RUNTIME/ratelimit/config, where the mirror writes the ConfigMap
 # named in RATELIMIT_SOURCE (NAMESPACE/NAME) the way the kubelet mounts a ConfigMap volume.
 RATELIMIT_RUNTIME=$STATE/ratelimit/runtime
@@ -159,6 +160,22 @@ EOF
     (umask 077 && echo "$(openssl rand -hex 32),admin,admin-uid,system:masters" >"$PKI/tokens.csv")
   fi
   write_monitoring_configs
+  write_audit_policy
+}
+
+# The API server's audit log (AUDIT_LOG, JSON lines): requests made by ServiceAccounts only, at
+# Metadata level (who, verb, resource, response code; no bodies). tests/e2e/test_rbac_audit.py
+# compares what the chart's ServiceAccount did with what the chart grants.
+write_audit_policy() {
+  cat >"$STATE/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+EOF
 }
 
 write_monitoring_configs() {
@@ -229,6 +246,7 @@ write_env() {
       ALERTMANAGER_URL "http://127.0.0.1:$ALERTMANAGER_PORT" \
       ALERT_RECEIVER_URL "http://127.0.0.1:$RECEIVER_PORT" \
       ALERT_LOG "$ALERT_LOG" \
+      AUDIT_LOG "$AUDIT_LOG" \
       PROMETHEUS_TARGETS_DIR "$PROM_DIR/targets" \
       PROMETHEUS_RULES_DIR "$PROM_DIR/rules" \
       RATELIMIT_URL "http://127.0.0.1:$RATELIMIT_PORT" \
@@ -262,7 +280,9 @@ component_command() {
         --service-account-issuer="https://127.0.0.1:$APISERVER_PORT"
         --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key"
         --service-cluster-ip-range=10.0.0.0/24 --disable-admission-plugins=ServiceAccount
-        --allow-privileged=true --endpoint-reconciler-type=none)
+        --allow-privileged=true --endpoint-reconciler-type=none
+        --audit-policy-file="$STATE/audit-policy.yaml" --audit-log-path="$AUDIT_LOG"
+        --audit-log-maxsize=100 --audit-log-maxbackup=1)
       ;;
     kube-controller-manager)
       CMD=("$BIN/kube-controller-manager" "${kubeconfig[@]}" --bind-address=127.0.0.1

@@ -400,13 +400,16 @@ class Demo:
             "--set-json", f'watchNamespaces=["{NAMESPACE}"]',
             "--set", f"prometheusUrl={env['PROMETHEUS_URL']}",
             "--set-json", f'alertmanagerUrls=["{env["ALERTMANAGER_URL"]}"]',
+            # The demo's CustomerSLO rolls back a bad rollout: the chart grants rollback only when asked.
+            "--set", "actions.rollback.enabled=true",
             # kwok pods run nothing: the chart's Deployment is scaled to 0 and the operator runs locally.
             "--set", "replicas=0",
             "--wait", "--timeout", "2m",
         ]  # fmt: skip
         self.sh(helm, *args, env={"KUBECONFIG": env["KUBECONFIG"]})
         out.command(
-            f"helm install {RELEASE} charts/patron -n {RELEASE_NAMESPACE} --set watchNamespaces={{{NAMESPACE}}} ..."
+            f"helm install {RELEASE} charts/patron -n {RELEASE_NAMESPACE} --set watchNamespaces={{{NAMESPACE}}} "
+            "--set actions.rollback.enabled=true ..."
         )
         token = self.kubectl("create", "token", SERVICE_ACCOUNT, "-n", RELEASE_NAMESPACE, "--duration=24h").strip()
         admin = yaml.safe_load(Path(env["KUBECONFIG"]).read_text())

@@ -80,9 +80,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     import patron.handlers  # noqa: F401  (registers the handlers)
+    from patron.api.durations import parse_duration
 
     if not args.prometheus_url:
         raise SystemExit("error: --prometheus-url (or PATRON_PROMETHEUS_URL) is required")
+    try:
+        release_give_up = parse_duration(args.release_give_up)
+    except ValueError as err:
+        raise SystemExit(f"error: --release-give-up: {err}") from None
     config = OperatorConfig(
         prometheus_url=args.prometheus_url,
         alertmanager_urls=split_list(args.alertmanager_url),
@@ -93,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness,
         peering=args.peering or None,
         priority=_priority(args.priority, args.peering),
+        release_give_up=release_give_up,
         namespace_label=args.namespace_label,
     )
     # Kopf's own formatters: FULL for people, JSON (one object per line, with the object's
@@ -333,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--priority",
         default=os.environ.get("PATRON_PRIORITY"),
         help="Kopf peering priority; the highest live peer works, the others stand by (default: random with --peering)",
+    )
+    run.add_argument(
+        "--release-give-up",
+        default=os.environ.get("PATRON_RELEASE_GIVE_UP", "10m"),
+        help="on delete, how long after the deletionTimestamp Patron keeps trying to give back "
+        "what it holds before it lets the CustomerSLO go with a ReleaseAbandoned Event (default 10m)",
     )
     run.add_argument("--log-format", choices=("plain", "json"), default=os.environ.get("PATRON_LOG_FORMAT", "plain"))
     _add_namespace_label(run)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# On delete, Patron tries to give back what it holds for this long (seconds) after the
+# deletionTimestamp, then lets the CustomerSLO go with a ReleaseAbandoned Warning Event.
+RELEASE_GIVE_UP = 600.0
+
 
 @dataclass(frozen=True)
 class OperatorConfig:
@@ -17,6 +21,7 @@ class OperatorConfig:
     liveness_endpoint: str | None = None
     peering: str | None = None  # None: standalone (one replica); a name: Kopf peering for HA
     priority: int = 0  # Kopf peering priority; replicas must differ, or Kopf pauses them all
+    release_give_up: float = RELEASE_GIVE_UP  # --release-give-up
     namespace_label: str | None = None  # tenancy: every selector gets <label>="<its CustomerSLO's namespace>"
 
 

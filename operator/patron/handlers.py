@@ -11,16 +11,17 @@ from typing import Any, cast
 import kopf
 
 from patron import metrics
-from patron.actions import ActionContext, AlertmanagerClient, act, release
+from patron.actions import ActionContext, AlertmanagerClient, abandoned, act, release
+from patron.actions.plan import parse_records
 from patron.api.durations import parse_duration
 from patron.api.models import API_GROUP, API_VERSION, PLURAL, CustomerSLOSpec
 from patron.config import OperatorConfig
 from patron.impact.assess import Assessment, DataProblem
 from patron.impact.evaluate import evaluate_now
 from patron.impact.prometheus import Prometheus
-from patron.kube import Kube, api_client
+from patron.kube import K8s, StatusWriter, api_client
 from patron.reconcile import Event, Outcome, evaluated, failed, material, parse_spec
-from patron.status import merge_patch, parse_timestamp
+from patron.status import parse_timestamp
 from patron.text import printable
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -29,6 +30,8 @@ RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 HEARTBEAT_SECONDS = 60.0
 # How often each CustomerSLO checks whether its spec.interval has passed (the finest interval).
 TICK_SECONDS = 2.0
+# While a deleted CustomerSLO still holds changes, giving them back is retried this often.
+RELEASE_RETRY_SECONDS = 10.0
 
 
 @kopf.on.startup()
@@ -53,7 +56,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if config.namespaces and not any(set("*?!,") & set(ns) for ns in config.namespaces):
         settings.scanning.disabled = True
     memo.prometheus = Prometheus(config.prometheus_url, timeout=config.prometheus_timeout)
-    memo.kube = Kube(api_client())
+    memo.kube = K8s(api_client())
     memo.alerts = AlertmanagerClient(config.alertmanager_urls) if config.alertmanager_urls else None
     if memo.alerts is not None:
         memo.alerts.start()
@@ -66,17 +69,47 @@ async def stop_alerts(memo: kopf.Memo, **_: Any) -> None:
         await memo.alerts.close()
 
 
-@kopf.on.delete(*RESOURCE, retries=6, backoff=10)
+@kopf.on.delete(*RESOURCE)
 async def on_delete(name: str, namespace: str | None, memo: Any, logger: Logger, **_: Any) -> None:
-    """Give back what Patron holds for this CustomerSLO before it goes (patron.actions.release)."""
+    """Give back what Patron holds for this CustomerSLO before it goes (patron.actions.release).
+    The finalizer stays (a TemporaryError retries) until nothing is held, or until RELEASE_GIVE_UP
+    after the deletionTimestamp: then a ReleaseAbandoned Warning names what was left behind."""
     async with _lock(memo):
         metrics.forget(namespace or "", name)
-        obj = await memo.kube.get_slo(namespace or "", name)
+        k8s: K8s = memo.kube
+        obj = await k8s.get("CustomerSLO", namespace or "", name)
         if obj is None:
             return
-        context = ActionContext(obj, memo.kube, memo.config, memo.get("alerts"), datetime.now(UTC), logger)
-        for event in await release(context):
+        context = _context(obj, memo, logger, datetime.now(UTC))
+        try:
+            released = await release(context)
+        except Exception as err:  # e.g. the status write failed: nothing known to be given back
+            logger.warning("giving back failed: %s", err)
+            left = tuple(r for r in parse_records(context.writer.current.get("actions") or []) if r.held)
+            done, left_events = False, tuple[Event, ...]()
+        else:
+            done, left, left_events = released.done, released.left, released.events
+        for event in left_events:
             _post(obj, event)
+        if done:
+            return
+        give_up = abandoned(context, left)
+        if give_up is not None:
+            _post(obj, give_up)
+            return
+        raise kopf.TemporaryError(f"{len(left)} held change(s) not given back yet", delay=RELEASE_RETRY_SECONDS)
+
+
+def _context(obj: dict[str, Any], memo: Any, logger: Logger, now: datetime) -> ActionContext:
+    meta = obj["metadata"]
+    k8s: K8s = memo.kube
+    writer = StatusWriter(k8s, meta["namespace"], meta["name"], obj.get("status") or {})
+    return ActionContext(obj, k8s, writer, memo.config, memo.get("alerts"), now, logger)
+
+
+def _post(obj: dict[str, Any], event: Event) -> None:
+    """Post one Event on the CustomerSLO; customer names in its message are data: escaped."""
+    kopf.event(cast(kopf.Body, obj), type=event.type, reason=event.reason, message=printable(event.message)[:1024])
 
 
 @kopf.on.create(*RESOURCE)
@@ -109,8 +142,8 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
     """Read the object afresh, evaluate, write status if it changed, post Events. Idempotent."""
     async with _lock(memo):
         memo.last_evaluation = time.monotonic()
-        kube: Kube = memo.kube
-        obj = await kube.get_slo(namespace, name)
+        k8s: K8s = memo.kube
+        obj = await k8s.get("CustomerSLO", namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return
         previous: dict[str, Any] = dict(obj.get("status") or {})
@@ -133,21 +166,13 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
         finally:
             metrics.EVALUATION_SECONDS.observe(time.monotonic() - started)
             metrics.LAST_EVALUATION.labels(namespace, name).set_to_current_time()
-        context = ActionContext(
-            obj=obj, kube=kube, config=memo.config, alerts=memo.get("alerts"), now=now, logger=logger
-        )
+        context = _context(obj, memo, logger, now)
         outcome = await act(context, spec, assessment, outcome)
         metrics.observe(namespace, name, outcome.status, time.monotonic() - started)
-        patch = merge_patch(previous, outcome.status)
-        if patch and _worth_writing(previous, outcome.status, now):
-            await kube.patch_slo_status(namespace, name, patch)
+        if _worth_writing(context.writer.current, outcome.status, now):
+            await context.writer.write(outcome.status)
         for event in outcome.events:
             _post(obj, event)
-
-
-def _post(obj: dict[str, Any], event: Event) -> None:
-    """Post one Event on the CustomerSLO; customer names in its message are data: escaped."""
-    kopf.event(cast(kopf.Body, obj), type=event.type, reason=event.reason, message=printable(event.message)[:1024])
 
 
 def _worth_writing(previous: dict[str, Any], status: dict[str, Any], now: datetime) -> bool:

@@ -63,11 +63,11 @@ def test_sigkill_during_an_incident_then_delete(world: World) -> None:
     assert w.get("deployment", "web")["spec"]["replicas"] == 4  # no second step: the cooldown is in the record
     (scale,) = [r for r in after["actions"] if r["type"] == "Scale"]
     (scale_before,) = [r for r in before["actions"] if r["type"] == "Scale"]
-    stable = ("target", "state", "since", "original")
+    stable = ("target", "state", "since", "originalReplicas", "replicas")
     assert (
         [scale[k] for k in stable]
         == [scale_before[k] for k in stable]
-        == ["Deployment/web", "Active", scale["since"], "2"]
+        == ["Deployment/web", "Active", scale["since"], 2, 4]
     )
     assert scale["detail"].startswith("4 replicas (original 2; ")
     assert data()[KEY] == throttled  # the throttle is still there, unchanged

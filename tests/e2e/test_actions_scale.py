@@ -48,7 +48,13 @@ def test_scale_steps_to_the_bound_once_per_cooldown_and_is_restored(world: World
     time.sleep(12)
     assert replicas(w) == 5  # the bound holds past another cooldown
     (record,) = w.records("Scale")
-    assert (record["target"], record["state"], record["original"]) == ("Deployment/web", "Active", "2")
+    assert (record["target"], record["state"], record["originalReplicas"], record["replicas"]) == (
+        "Deployment/web",
+        "Active",
+        2,
+        5,
+    )
+    assert record["targetRef"] == {"kind": "Deployment", "name": "web"}
     assert record["detail"] == "5 replicas (original 2; at the bound 5)"
     assert sorted(w.messages("ActionApplied")) == [
         "Scale Deployment/web: replicas 2 -> 4 (original 2, max 5)",
@@ -56,13 +62,17 @@ def test_scale_steps_to_the_bound_once_per_cooldown_and_is_restored(world: World
     ]
     assert "Scale Deployment/web: no further step, at the bound 5" in w.messages("ActionSkipped")
     assert w.condition("ActionsActive")["reason"] == "Scaling"
-    assert ("patron.dev", "Update", "scale") in w.managers("deployment", "web")  # through the scale subresource
+    # One merge patch sets the value and claims the Deployment (guarded by its resourceVersion).
+    assert ("patron.dev", "Update", "") in w.managers("deployment", "web")
+    owner = f"{w.namespace}/checkout"
+    assert w.get("deployment", "web")["metadata"]["annotations"]["patron.dev/owner"] == owner
 
     w.exporter.set("acme", rps=10)
     wait_for(lambda: replicas(w) == 2, timeout=90, what="replicas restored")
     (record,) = w.records("Scale")
     assert (record["state"], record["detail"]) == ("Reverted", "restored 2 replicas: no impact for 20s")
     assert "Scale Deployment/web: restored 2 replicas: no impact for 20s" in w.messages("ActionReverted")
+    assert "patron.dev/owner" not in (w.get("deployment", "web")["metadata"].get("annotations") or {})
 
 
 @pytest.mark.slow
@@ -99,7 +109,12 @@ def test_with_an_hpa_its_min_replicas_is_raised_and_restored(world: World) -> No
     seen = watch(w, min_replicas, until=5)
     assert [v for _, v in seen][-1] == 5 and max(v for _, v in seen) == 5
     (record,) = w.records("Scale")
-    assert (record["target"], record["state"], record["original"]) == ("HorizontalPodAutoscaler/web-hpa", "Active", "2")
+    assert (record["target"], record["state"], record["originalReplicas"]) == (
+        "HorizontalPodAutoscaler/web-hpa",
+        "Active",
+        2,
+    )
+    assert w.get("hpa", "web-hpa")["metadata"]["annotations"]["patron.dev/owner"] == f"{w.namespace}/checkout"
     # The HPA moves the Deployment; Patron never writes spec.replicas.
     wait_for(lambda: replicas(w) >= 4, timeout=60, what="the HPA to scale the Deployment")
     assert not [m for m in w.managers("deployment", "web") if m[0] == "patron.dev"]

@@ -65,6 +65,12 @@ def test_storming_customer_is_throttled_other_keys_untouched_then_lifted(world: 
     (record,) = w.records("Throttle")
     assert (record["target"], record["customer"], record["state"]) == ("ConfigMap/ratelimit-config", "bigbot", "Active")
     assert record["detail"] == "13 req/s (baseline 10 x 1.25)"
+    assert (record["key"], record["limit"], record["targetRef"]) == (
+        "patron-checkout.yaml",
+        13,
+        {"kind": "ConfigMap", "name": "ratelimit-config"},
+    )
+    assert cm["data"]["patron-checkout.yaml"].startswith(f"# patron.dev/owner: {w.namespace}/checkout\n")
     assert w.condition("ActionsActive")["reason"] == "Throttling"
     assert (
         "Throttle ConfigMap/ratelimit-config key patron-checkout.yaml customer bigbot: 13 req/s (baseline 10 x 1.25)"

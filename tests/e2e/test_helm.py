@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import REPO, run
+from tests.support.audit import differences, granted, kopf_dev_peering, read_audit, service_account
 from tests.support.catalog import manifest
 from tests.support.operator import OperatorProcess
 from tests.support.promserver import PrometheusServer
@@ -108,17 +109,9 @@ def kubectl_as(testbed: Testbed, kubeconfig: Path, *args: str) -> subprocess.Com
 
 
 def forbidden_lines(log: str) -> list[str]:
-    """Requests the API server refused the operator. In a namespaced install Kopf first tries to list
-    namespaces (which the chart does not grant) and then serves the listed ones: that one is expected."""
-    return [
-        line
-        for line in log.splitlines()
-        if re.search(r"Forbidden|403", line)
-        and 'cannot list resource "namespaces"' not in line
-        and 'cannot watch resource "namespaces"' not in line
-        and "Not enough permissions to list namespaces" not in line
-        and "Not enough permissions to watch for namespaces" not in line
-    ]
+    """Requests the API server refused the operator (none: serving listed namespaces, Kopf does not
+    even try to list namespaces)."""
+    return [line for line in log.splitlines() if re.search(r"Forbidden|403", line)]
 
 
 # ---------------------------------------------------------------- server-side validation
@@ -163,9 +156,11 @@ def test_rendered_chart_passes_server_side_dry_run(
         assert lines and all(line.endswith("(server dry run)") for line in lines), result.stdout
         assert result.stderr == "", result.stderr  # no warnings (deprecated APIs, unknown fields, ...)
         kinds = {line.split("/")[0].split(".")[0] for line in lines}
-        assert {"serviceaccount", "deployment", "service", "clusterrole", "clusterrolebinding"} <= kinds
-        if "watchNamespaces" in values:
-            assert {"role", "rolebinding"} <= kinds
+        assert {"serviceaccount", "deployment", "service"} <= kinds
+        if "watchNamespaces" in values:  # a Role in each; listed namespaces need no cluster-wide rule
+            assert {"role", "rolebinding"} <= kinds and not {"clusterrole", "clusterrolebinding"} & kinds
+        else:
+            assert {"clusterrole", "clusterrolebinding"} <= kinds
         if "grafana" in values:
             assert "configmap" in kinds  # the Grafana dashboard
         if "peering" in values:
@@ -209,6 +204,7 @@ def test_install_reports_what_it_installed(testbed: Testbed, release: Release) -
     assert release.install_seconds < 30
     assert f"It serves CustomerSLOs in: {release.watched[0]} (a Role in each; nothing elsewhere)." in release.notes
     assert "Helm keeps the CustomerSLO CRD" in release.notes
+    assert "Actions it may take (RBAC, values actions.<name>.enabled): throttle, scale;" in release.notes
     status = json.loads(helm(testbed, "status", release.name, "-n", release.namespace, "-o", "json").stdout)
     assert status["info"]["status"] == "deployed"
     deployment = json.loads(
@@ -228,13 +224,11 @@ GRANTED = [
     ("patch", "customerslos.patron.dev", "WATCHED"),
     ("patch", "customerslos.patron.dev/status", "WATCHED"),
     ("create", "events", "WATCHED"),
-    ("create", "events.events.k8s.io", "WATCHED"),
     ("patch", "deployments.apps", "WATCHED"),
-    ("update", "deployments.apps/scale", "WATCHED"),
-    ("list", "replicasets.apps", "WATCHED"),
+    ("list", "horizontalpodautoscalers.autoscaling", "WATCHED"),
     ("patch", "horizontalpodautoscalers.autoscaling", "WATCHED"),
+    ("get", "configmaps", "WATCHED"),
     ("patch", "configmaps", "WATCHED"),
-    ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
 ]
 REFUSED = [
     # Never Secrets, anywhere.
@@ -250,7 +244,19 @@ REFUSED = [
     ("list", "customerslos.patron.dev", "UNWATCHED"),
     ("create", "events", "UNWATCHED"),
     ("list", "deployments.apps", None),
-    # Nor more than it needs where it does.
+    # Nor more than it needs where it does: no reading every ConfigMap, no rollback by default.
+    ("list", "configmaps", "WATCHED"),
+    ("watch", "configmaps", "WATCHED"),
+    ("create", "events.events.k8s.io", "WATCHED"),  # Kopf posts core v1 Events only
+    ("patch", "events", "WATCHED"),
+    ("list", "configmaps", None),
+    ("list", "deployments.apps", "WATCHED"),
+    ("watch", "deployments.apps", "WATCHED"),
+    ("patch", "deployments.apps/scale", "WATCHED"),  # scale patches the Deployment itself
+    ("update", "deployments.apps/scale", "WATCHED"),
+    ("list", "replicasets.apps", "WATCHED"),
+    ("update", "customerslos.patron.dev/status", "WATCHED"),
+    ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),  # no CRD scanning when namespaced
     ("create", "configmaps", "WATCHED"),
     ("delete", "configmaps", "WATCHED"),
     ("delete", "deployments.apps", "WATCHED"),
@@ -353,8 +359,6 @@ def test_service_account_token_is_enough_for_impact_status_and_events(
 ) -> None:
     ns = release.watched[0]
     testbed.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(checkout_slo("checkout")))
-    # Kopf first tries to list namespaces, which the chart does not grant, and falls back to the
-    # listed ones after its retries (about a minute); see docs/install.md.
     testbed.kubectl("wait", "-n", ns, "--for=condition=CustomerImpact", "cslo/checkout", "--timeout=150s")
     obj = get_json(testbed, "cslo", "checkout", "-n", ns)
     status = obj["status"]
@@ -430,12 +434,37 @@ def test_service_account_token_is_enough_to_act_and_revert(
     assert forbidden_lines(operator_as_service_account.log()) == []
 
 
+@pytest.mark.slow
+def test_an_action_the_chart_does_not_grant_is_refused_and_shown(
+    testbed: Testbed, release: Release, operator_as_service_account: OperatorProcess
+) -> None:
+    """Rollback's RBAC is off by default: a CustomerSLO asking for it gets the API server's 403 on
+    its ActionsActive condition and an ActionFailed Event; its evaluation goes on, nothing changes."""
+    ns = release.watched[0]
+    testbed.kubectl("create", "deployment", "rb", "-n", ns, "--image=registry.invalid/rb:1")
+    rollback = {"target": {"name": "rb"}, "within": "15m", "mode": "pause", "minSeverity": "warning"}
+    testbed.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(checkout_slo("no-rollback", rollback=rollback)))
+
+    def refused() -> str:
+        message = str(condition(get_json(testbed, "cslo", "no-rollback", "-n", ns), "ActionsActive").get("message"))
+        return message if "403" in message else ""
+
+    message = wait_for(refused, 90, "the 403 on ActionsActive")
+    assert "replicaset" in message.lower() and "list" in message, message  # names the request refused
+    wait_for(lambda: "ActionFailed" in event_reasons(testbed, ns, "no-rollback"), 30, "the ActionFailed Event")
+    obj = get_json(testbed, "cslo", "no-rollback", "-n", ns)
+    assert condition(obj, "Ready")["status"] == "True" and obj["status"]["severity"] == "critical"
+    assert not get_json(testbed, "deployment", "rb", "-n", ns)["spec"].get("paused")
+
+
 # ---------------------------------------------------------------- cluster-wide with peering
 
 
 def test_cluster_wide_install_with_peering_serves_with_its_token(
     testbed: Testbed, scenario_prometheus: PrometheusServer, tmp_path: Path
 ) -> None:
+    """Every action disabled, all namespaces, peering: the operator uses exactly the framework's
+    rules (audit log), and may not touch a Deployment or ConfigMap anywhere."""
     spaces = Namespaces(testbed, "t-helm-cw")
     name = peering = unique("patron-cw")
     ns, app = spaces.make("system"), spaces.make("app")
@@ -444,10 +473,12 @@ def test_cluster_wide_install_with_peering_serves_with_its_token(
             testbed, "install", name, str(CHART), "--namespace", ns,
             "--set", f"prometheusUrl={scenario_prometheus.url}",
             "--set", "peering.enabled=true", "--set", f"peering.name={peering}",
+            "--set", "actions.throttle.enabled=false", "--set", "actions.scale.enabled=false",
         )  # fmt: skip
         kubeconfig = service_account_kubeconfig(testbed, ns, name, tmp_path / "kubeconfig")
         assert kubectl_as(testbed, kubeconfig, "auth", "can-i", "list", "secrets", "-A").stdout.strip() == "no"
-        assert kubectl_as(testbed, kubeconfig, "auth", "can-i", "patch", "deployments", "-A").stdout.strip() == "yes"
+        for verb, resource in (("patch", "deployments"), ("get", "configmaps"), ("list", "configmaps")):
+            assert kubectl_as(testbed, kubeconfig, "auth", "can-i", verb, resource, "-A").stdout.strip() == "no"
         op = OperatorProcess(
             kubeconfig=kubeconfig,
             prometheus_url=scenario_prometheus.url,
@@ -466,7 +497,12 @@ def test_cluster_wide_install_with_peering_serves_with_its_token(
             testbed.kubectl("delete", "cslo", "outage", "-n", app, "--timeout=60s")
         finally:
             op.stop()
-        assert forbidden_lines(op.log()) == []
+        # Cluster-wide, it also sees other tests' CustomerSLOs, whose actions it may not take here.
+        assert [line for line in forbidden_lines(op.log()) if "in the namespace" not in line or app in line] == []
+        audit = read_audit(testbed.state_dir / "audit.log", service_account(ns, name), namespaces={"", app})
+        roles = get_json(testbed, "clusterroles", "-l", f"{INSTANCE}={name}")["items"]
+        unexercised = kopf_dev_peering("clusterkopfpeerings")
+        assert differences(audit, granted(roles), unexercised) == {}, sorted(map(str, audit.used))
     finally:
         helm(testbed, "uninstall", name, "--namespace", ns, "--wait", check=False)
         spaces.cleanup()

@@ -93,11 +93,13 @@ def test_replay_throttles_the_storming_customer(scenario_prometheus: PrometheusS
     held = {
         "type": "Throttle",
         "target": "ConfigMap/ratelimit",
+        "targetRef": {"kind": "ConfigMap", "name": "ratelimit"},
         "customer": "bigbot",
         "state": "Active",
         "since": steps[7].at,
         "detail": "3 req/s (baseline 2 x 1.2)",
-        "original": key,
+        "key": key,
+        "limit": 3,
         "expires": timestamp(end - timedelta(minutes=8) + timedelta(minutes=30)),
     }
     assert all(s.records == (held,) and s.objects == steps[7].objects for s in steps[7:])
@@ -136,10 +138,12 @@ def test_replay_scales_up_in_steps_to_the_bound(scenario_prometheus: PrometheusS
         {
             "type": "Scale",
             "target": "Deployment/checkout",
+            "targetRef": {"kind": "Deployment", "name": "checkout"},
             "state": "Active",
             "since": steps[17].at,
             "detail": "7 replicas (original 3; at the bound 7)",
-            "original": "3",
+            "replicas": 7,
+            "originalReplicas": 3,
         }
     ]
     assert all(s.notes == () for s in steps)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from patron.actions import alert
 from patron.actions.alertmanager import Alert
-from patron.actions.plan import events, merge
+from patron.actions.plan import complete, events, merge
 from patron.impact.assess import Assessment
 from patron.status import impact_fields
 from tests.unit.test_actions_plan import T0, Timeline, assessment, customer, make_spec
@@ -24,8 +24,9 @@ def run(tl: Timeline, a: Assessment | None, can_send: bool = True) -> tuple[list
     sit = tl.situation(a)
     status: dict[str, Any] = impact_fields(tl.spec, a, {}, tl.now) if a else {}
     plan = alert.plan(sit, status, PROM, can_send)
-    tl.records = merge(sit, plan.steps)
-    return list(plan.effects), [e.message for e in events(plan.steps)]
+    steps = complete(sit, plan.steps)  # sent
+    tl.records = merge(sit, steps)
+    return list(plan.effects), [e.message for e in events(steps)]
 
 
 def by_name(alerts: list[Alert]) -> dict[tuple[str, str | None, str], Alert]:

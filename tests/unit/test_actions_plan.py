@@ -15,9 +15,9 @@ from patron.actions.plan import (
     Situation,
     actions_condition,
     apply,
+    complete,
     events,
     failed,
-    held_value,
     merge,
     retain,
     revert,
@@ -104,8 +104,9 @@ class Timeline:
 
 
 def record(type_: str = "Scale", state: str = "Active", since: datetime = T0, **kw: Any) -> ActionRecord:
+    target = kw.pop("target", "ConfigMap/rl" if type_ == "Throttle" else "Deployment/web")
     return ActionRecord.model_validate(
-        {"type": type_, "target": "Deployment/web", "state": state, "since": timestamp(since), **kw}
+        {"type": type_, "target": target, "state": state, "since": timestamp(since), **kw}
     )
 
 
@@ -127,7 +128,7 @@ def test_apply_is_recorded_as_skipped_under_dry_run_and_only_once() -> None:
 
 
 def test_dry_run_freezes_held_actions() -> None:
-    held = record(detail="4 replicas (original 2; step 2, max 6)", original="2")
+    held = record(detail="4 replicas (original 2; step 2, max 6)", replicas=4, originalReplicas=2)
     sit = sit_with(held, dry_run=True)
     assert apply(sit, held.model_copy(update={"detail": "6 replicas"}), "x").record == held
     assert revert(sit, held, "restored", "x").verb == "hold"
@@ -140,16 +141,28 @@ def test_revert_of_a_dry_run_decision_drops_it_with_an_event() -> None:
     assert merge(sit_with(decided), [step]) == ()
 
 
-def test_revert_marks_reverted_now() -> None:
+def test_revert_is_pending_until_complete() -> None:
+    """Regression (issue 9): a revert is recorded Reverting before it is attempted, and only a
+    change that succeeded makes it Reverted (and posts ActionReverted)."""
     held = record(detail="4 replicas", since=T0 - timedelta(hours=1))
     step = revert(sit_with(held), held, "restored 2 replicas", "m")
     assert step.record is not None
     assert (step.record.state, step.record.since, step.record.detail) == (
-        "Reverted",
+        "Reverting",
         timestamp(T0),
         "restored 2 replicas",
     )
-    assert events([step])[0].reason == "ActionReverted"
+    assert events([step]) == ()
+    # A failed change keeps it Reverting: retried next evaluation (no ActionReverted yet).
+    (kept,) = failed(sit_with(held), [step], "ConfigMap/rl: HTTP 429 Too Many Requests")
+    assert kept.record == step.record and events([kept]) == ()
+    # The retry (the record read back Reverting) keeps `since`, then completes.
+    later = Situation(T0 + timedelta(seconds=30), "shop", "checkout", make_spec(), (step.record,), None, None)
+    again = revert(later, step.record, "restored 2 replicas", "m")
+    assert again.record is not None and (again.record.state, again.record.since) == ("Reverting", timestamp(T0))
+    (done,) = complete(later, [again])
+    assert done.record is not None and done.record.state == "Reverted"
+    assert [e.reason for e in events([done])] == ["ActionReverted"]
 
 
 def test_skip_posts_once_per_reason() -> None:
@@ -169,27 +182,38 @@ def test_failed_change_keeps_held_records_and_names_the_error() -> None:
     assert held in after
     bot = next(r for r in after if r.customer == "bot")
     assert (bot.state, bot.detail) == ("Skipped", "failed: HTTP 403 Forbidden")
-    assert [e.reason for e in events(out)] == ["ActionFailed", "ActionFailed"]
-    assert all(e.type == "Warning" for e in events(out))
+    assert events(out) == ()  # the ActionFailed Event comes once per failure kind, from the note
 
 
-def test_held_value_reads_the_leading_integer() -> None:
-    assert held_value(record(detail="36 req/s (baseline 30 x 1.2)")) == 36
-    assert held_value(record(detail="not raised: replicas 3")) is None
-    assert held_value(None) is None
+def test_v01_records_are_migrated_when_read() -> None:
+    throttle = record(type_="Throttle", customer="bot", detail="36 req/s (baseline 30 x 1.2)", original="k.yaml")
+    assert (throttle.key, throttle.limit, throttle.original) == ("k.yaml", 36, None)
+    assert throttle.target_ref is not None and (throttle.target_ref.kind, throttle.target_ref.name) == (
+        "ConfigMap",
+        "rl",
+    )
+    scale = record(detail="4 replicas (original 2; step 2, max 6)", original="2")
+    assert (scale.replicas, scale.original_replicas) == (4, 2)
+    alert = record(type_="Alert", target='CustomerImpact{severity="critical"}')
+    assert (alert.alertname, alert.severity, alert.target_ref) == ("CustomerImpact", "critical", None)
 
 
-@given(st.lists(st.tuples(st.sampled_from(["Active", "Skipped", "Reverted"]), st.integers(0, 10_000)), max_size=60))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["Active", "Skipped", "Reverting", "Reverted"]), st.integers(0, 10_000)), max_size=60
+    )
+)
 def test_retention_keeps_everything_held_and_a_bounded_history(items: list[tuple[str, int]]) -> None:
     records = [
         record(type_="Throttle", state=s, since=T0 + timedelta(seconds=t), customer=f"c{i}", detail="1 req/s")
         for i, (s, t) in enumerate(items)
     ]
-    kept = retain(records, None)
+    kept, evicted = retain(records, None)
+    assert evicted == ()
     assert {r.customer for r in kept if r.state != "Reverted"} == {r.customer for r in records if r.state != "Reverted"}
     reverted = sorted((r for r in records if r.state == "Reverted"), key=lambda r: r.since, reverse=True)
     assert [r for r in kept if r.state == "Reverted"] == sorted(reverted[:MAX_REVERTED], key=lambda r: r.customer or "")
-    assert retain(kept, None) == kept  # stable
+    assert retain(kept, None) == (kept, ())  # stable
 
 
 def test_retention_keeps_the_newest_rollback_and_the_open_incidents_history() -> None:
@@ -197,9 +221,9 @@ def test_retention_keeps_the_newest_rollback_and_the_open_incidents_history() ->
     lifted = [
         record(type_="Throttle", state="Reverted", since=T0 + timedelta(seconds=i), customer=f"c{i}") for i in range(9)
     ]
-    kept = retain([old_rollback, *lifted], T0)
+    kept, _ = retain([old_rollback, *lifted], T0)
     assert old_rollback in kept and len(kept) == 10
-    assert len(retain([old_rollback, *lifted], None)) == MAX_REVERTED + 1
+    assert len(retain([old_rollback, *lifted], None)[0]) == MAX_REVERTED + 1
 
 
 def test_actions_active_condition() -> None:

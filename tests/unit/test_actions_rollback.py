@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from patron.actions import rollback
-from patron.actions.plan import events, failed, merge
+from patron.actions.plan import complete, events, failed, merge
 from patron.actions.rollback import DeploymentState, Revision, undo_template
 from tests.unit.test_actions_plan import T0, Timeline, assessment, customer, make_spec
 
@@ -39,8 +40,9 @@ def deployment(paused: bool = False, rolled_out_ago: float = 60) -> DeploymentSt
 def run(tl: Timeline, a: object, dep: DeploymentState | None) -> rollback.Plan:
     sit = tl.situation(a)  # type: ignore[arg-type]
     plan = rollback.plan(sit, {"web": dep})
-    tl.records = merge(sit, plan.steps)
-    return plan
+    done = replace(plan, steps=complete(sit, plan.steps))  # the changes succeeded
+    tl.records = merge(sit, done.steps)
+    return done
 
 
 def test_impact_soon_after_a_rollout_pauses_it_once() -> None:

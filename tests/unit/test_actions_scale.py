@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from patron.actions import scale
-from patron.actions.plan import events, merge
+from patron.actions.plan import complete, events, merge
 from patron.actions.scale import Observed, Scalable
 from tests.unit.test_actions_plan import Timeline, assessment, customer, make_spec
 
@@ -37,10 +39,15 @@ class World:
     def step(self, tl: Timeline, a: object, dry_run: bool = False) -> scale.Plan:
         sit = tl.situation(a, dry_run=dry_run)  # type: ignore[arg-type]
         plan = scale.plan(sit, self.observed())
-        tl.records = merge(sit, plan.steps)
-        for change in plan.effects:
-            self.values[change.target] = change.value
-        return plan
+        done = replace(plan, steps=complete(sit, plan.steps))  # the changes succeeded
+        tl.records = merge(sit, done.steps)
+        self.apply(plan.effects)
+        return done
+
+    def apply(self, effects: object) -> None:
+        for change in effects:  # type: ignore[attr-defined]
+            if change.value is not None:
+                self.values[change.target] = change.value
 
 
 def test_steps_up_to_the_bound_one_per_cooldown_then_restores() -> None:
@@ -49,10 +56,11 @@ def test_steps_up_to_the_bound_one_per_cooldown_then_restores() -> None:
     assert world.values[DEP] == 4
     assert [e.message for e in events(plan.steps)] == ["Scale Deployment/web: replicas 2 -> 4 (original 2, max 7)"]
     (rec,) = tl.records
-    assert (rec.target, rec.state, rec.original, rec.detail) == (
+    assert (rec.target, rec.state, rec.original_replicas, rec.replicas, rec.detail) == (
         DEP,
         "Active",
-        "2",
+        2,
+        4,
         "4 replicas (original 2; step 2, max 7)",
     )
     tl.advance(5)
@@ -90,7 +98,7 @@ def test_hpa_min_replicas_is_raised_instead_and_never_above_its_max() -> None:
     # The raise starts from the replicas running now (3), not from minReplicas (1).
     assert world.values == {DEP: 3, HPA: 5}
     (rec,) = tl.records
-    assert (rec.target, rec.original, rec.detail) == (HPA, "1", "5 minReplicas (original 1; step 2, max 6)")
+    assert (rec.target, rec.original_replicas, rec.detail) == (HPA, 1, "5 minReplicas (original 1; step 2, max 6)")
     tl.advance(10)
     world.step(tl, BAD)
     assert world.values == {DEP: 3, HPA: 6}  # the HPA's maxReplicas bounds it
@@ -138,7 +146,7 @@ def test_restart_with_the_record_written_ahead_does_not_step_twice() -> None:
     tl.advance(3)
     world.step(tl, BAD)
     assert world.values[DEP] == 4  # set to the recorded value, not 4 + 2
-    assert tl.records[0].original == "2"
+    assert tl.records[0].original_replicas == 2
 
 
 def test_below_min_severity_nothing_and_missing_data_holds() -> None:
@@ -208,8 +216,7 @@ def test_invariants_over_any_history(start: int, history: list[tuple[str, int]],
                 assert (tl.now - last_raise).total_seconds() >= 10
             last_raise = tl.now
     sit = tl.situation(None, releasing=True)
-    for change in scale.plan(sit, world.observed()).effects:
-        world.values[change.target] = change.value
+    world.apply(scale.plan(sit, world.observed()).effects)
     assert world.values[target] == original
 
 

@@ -12,9 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from patron.actions import throttle
-from patron.actions.k8s import pointer
-from patron.actions.plan import merge
-from patron.actions.throttle import ConfigMapState, WriteKey, limit_for, render
+from patron.actions.plan import complete, merge
+from patron.actions.throttle import ConfigMapState, WriteKey, limit_for, pointer, render
 from patron.api.models import ThrottleAction
 from tests.unit.test_actions_plan import Timeline, assessment, customer, make_spec
 
@@ -32,10 +31,14 @@ def storm(severity: str = "warning", *names: str, baseline: float = 30.0) -> Any
     return assessment(severity, *storming, customer("quiet", impacted=True))
 
 
+def write_owner(plan: throttle.Plan) -> str | None:
+    return throttle.owner_of(plan.effects[0].content)
+
+
 def step(tl: Timeline, a: Any, data: dict[str, str] | None = None, dry_run: bool = False) -> throttle.Plan:
     sit = tl.situation(a, dry_run=dry_run)
     plan = throttle.plan(sit, cm(data))
-    tl.records = merge(sit, plan.steps)
+    tl.records = merge(sit, complete(sit, plan.steps))  # the writes succeeded
     return plan
 
 
@@ -60,8 +63,10 @@ def test_rendered_config_round_trips_any_customer_name(names: list[str], shadow:
     spec = ThrottleAction.model_validate(THROTTLE | {"shadow": shadow, "descriptorKey": "customer_id"})
     from tests.unit.test_actions_plan import record
 
-    records = [record(type_="Throttle", customer=n, detail=f"{i + 1} req/s") for i, n in enumerate(names)]
-    doc = yaml.safe_load(render(spec, records))
+    records = [record(type_="Throttle", customer=n, limit=i + 1) for i, n in enumerate(names)]
+    text = render(spec, records, "shop/checkout")
+    assert throttle.owner_of(text) == "shop/checkout"
+    doc = yaml.safe_load(text)
     assert doc["domain"] == "checkout"
     by_name = {d["value"]: d for d in doc["descriptors"]}
     assert set(by_name) == set(names)
@@ -110,7 +115,8 @@ def test_storming_customer_gets_an_entry_with_the_exact_limit() -> None:
     (rec,) = tl.records
     assert (rec.type, rec.target, rec.customer, rec.state) == ("Throttle", "ConfigMap/ratelimit", "bigbot", "Active")
     assert rec.detail == "36 req/s (baseline 30 x 1.2)"
-    assert (rec.original, rec.since, rec.expires) == (KEY, "2026-11-26T10:00:00Z", "2026-11-26T10:01:00Z")
+    assert (rec.key, rec.limit, rec.since, rec.expires) == (KEY, 36, "2026-11-26T10:00:00Z", "2026-11-26T10:01:00Z")
+    assert write_owner(plan) == "shop/checkout"
     (write,) = plan.effects
     assert (write.config_map, write.key, write.resource_version) == ("ratelimit", KEY, "7")
     assert yaml.safe_load(write.content) == {
@@ -203,6 +209,27 @@ def test_missing_config_map_is_skipped_with_a_reason_never_created() -> None:
     assert s.record.detail.startswith("ConfigMap ratelimit not found in namespace shop")
 
 
+def test_throttle_decisions_are_capped_over_what_stands_not_per_evaluation() -> None:
+    """Regression (issue 9): MAX_THROTTLED limited new throttles per evaluation, not those held."""
+    tl = Timeline(make_spec({"throttle": THROTTLE | {"ttl": "1h"}}))
+    for i in range(4):
+        names = [f"bot{i}-{j}" for j in range(40)]
+        plan = step(tl, storm("warning", *names))
+        assert len([r for r in tl.records if r.state in ("Active", "Skipped")]) <= throttle.MAX_THROTTLED
+        tl.advance(2)
+    assert len([r for r in tl.records if r.state == "Active"]) == throttle.MAX_THROTTLED
+    assert plan.notes == ("40 storming customer(s) not throttled: 50 are held at most",)
+    # Without the ConfigMap the Skipped decisions are capped the same way, and stand (no new Event).
+    tl = Timeline(make_spec({"throttle": THROTTLE}))
+    names = [f"bot{j}" for j in range(300)]
+    first = throttle.plan(tl.situation(storm("warning", *names)), {"ratelimit": None})
+    tl.records = merge(tl.situation(storm("warning", *names)), first.steps)
+    assert len(tl.records) == throttle.MAX_THROTTLED and len(first.steps) == throttle.MAX_THROTTLED
+    tl.advance(2)
+    again = throttle.plan(tl.situation(storm("warning", *names)), {"ratelimit": None})
+    assert [s for s in again.steps if s.verb != "hold"] == []
+
+
 def test_dry_run_records_and_changes_nothing() -> None:
     tl = Timeline(make_spec({"throttle": THROTTLE}, dryRun=True))
     plan = step(tl, storm())
@@ -250,7 +277,7 @@ def test_invariants_over_any_history(history: list[tuple[str, set[str], int]], d
             a = assessment(severity, *(customer(n, True, n in stormers, 7.5) for n in "abcd"))
         sit = tl.situation(a, dry_run=dry_run)
         plan = throttle.plan(sit, {"ratelimit": ConfigMapState("ratelimit", "1", dict(data))})
-        tl.records = merge(sit, plan.steps)
+        tl.records = merge(sit, complete(sit, plan.steps))
         if dry_run:
             assert plan.effects == () and all(r.state != "Active" for r in tl.records)
         for write in plan.effects:

@@ -86,6 +86,7 @@ VALUE_SETS = {
     "peering, listed namespaces": {**LISTED, "peering": {"enabled": True, "name": "patron"}},
     "everything on": {
         **LISTED,
+        "actions": {"throttle": {"enabled": True}, "scale": {"enabled": True}, "rollback": {"enabled": True}},
         "alertmanagerUrls": ["http://am-0:9093", "http://am-1:9093"],
         "dryRun": True,
         "tenancy": {"namespaceLabel": "namespace"},
@@ -181,22 +182,76 @@ def test_values_reach_the_operator_flags() -> None:
     assert pod["tolerations"][0]["key"] == "dedicated"
 
 
-# What Patron and Kopf need inside the namespaces it serves; nothing else (see docs/install.md, RBAC).
-NAMESPACED = {
-    ("", "events", ("create", "patch")),
-    ("events.k8s.io", "events", ("create", "patch")),
+# The RBAC table (docs/install.md, RBAC): what the operator calls, per chart configuration.
+# tests/e2e/test_rbac_audit.py checks against the API server's audit log that the code uses exactly
+# these; here the rendered rules are pinned, so that a change to them shows in review.
+FRAMEWORK = {
+    ("", "events", ("create",)),
     ("patron.dev", "customerslos", ("get", "list", "patch", "watch")),
-    ("patron.dev", "customerslos/status", ("get", "patch", "update")),
-    ("apps", "deployments", ("get", "list", "patch", "watch")),
-    ("apps", "deployments/scale", ("get", "patch", "update")),
-    ("apps", "replicasets", ("get", "list", "watch")),
-    ("autoscaling", "horizontalpodautoscalers", ("get", "list", "patch", "watch")),
-    ("", "configmaps", ("get", "list", "patch", "watch")),
+    ("patron.dev", "customerslos/status", ("patch",)),
 }
-CRDS = {("apiextensions.k8s.io", "customresourcedefinitions", ("get", "list", "watch"))}
-PEERING_VERBS = ("get", "list", "patch", "watch")
+THROTTLE = {("", "configmaps", ("get", "patch"))}
+SCALE = {("autoscaling", "horizontalpodautoscalers", ("get", "list", "patch"))}
+DEPLOYMENTS = {("apps", "deployments", ("get", "patch"))}  # scale (replicas, owner annotation) or rollback
+ROLLBACK = {("apps", "replicasets", ("list",))}
+NAMESPACED = FRAMEWORK | THROTTLE | SCALE | DEPLOYMENTS  # the defaults: rollback off
+CRDS = {("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"))}
+PEERING_VERBS = ("list", "patch", "watch")
 CLUSTER_PEERING = {(g, "clusterkopfpeerings", PEERING_VERBS) for g in ("zalando.org", "kopf.dev")}
 NAMESPACED_PEERING = {(g, "kopfpeerings", PEERING_VERBS) for g in ("zalando.org", "kopf.dev")}
+
+
+def actions(throttle: bool = True, scale: bool = True, rollback: bool = False) -> dict[str, Any]:
+    return {
+        "actions": {
+            "throttle": {"enabled": throttle},
+            "scale": {"enabled": scale},
+            "rollback": {"enabled": rollback},
+        }
+    }
+
+
+RBAC_TABLE = {
+    "defaults": ({}, FRAMEWORK | THROTTLE | SCALE | DEPLOYMENTS),
+    "rollback enabled": (actions(rollback=True), FRAMEWORK | THROTTLE | SCALE | DEPLOYMENTS | ROLLBACK),
+    "scale disabled": (actions(scale=False), FRAMEWORK | THROTTLE),
+    "scale disabled, rollback enabled": (
+        actions(scale=False, rollback=True),
+        FRAMEWORK | THROTTLE | DEPLOYMENTS | ROLLBACK,
+    ),
+    "throttle disabled": (actions(throttle=False), FRAMEWORK | SCALE | DEPLOYMENTS),
+    "every action disabled": (actions(False, False, False), FRAMEWORK),
+}
+
+
+@pytest.mark.parametrize(("values", "expected"), RBAC_TABLE.values(), ids=RBAC_TABLE.keys())
+def test_rbac_per_configuration_listed_namespaces(values: dict[str, Any], expected: set[Any]) -> None:
+    """Listed namespaces: the rules in each namespace's Role, and no ClusterRole at all."""
+    docs = render({**LISTED, **values})
+    assert not kinds(docs, "ClusterRole") and not kinds(docs, "ClusterRoleBinding")
+    roles = {r["metadata"]["namespace"]: r for r in kinds(docs, "Role")}
+    assert set(roles) == {"shop", "payments"}
+    assert all(rules(r) == expected for r in roles.values())
+
+
+@pytest.mark.parametrize(("values", "expected"), RBAC_TABLE.values(), ids=RBAC_TABLE.keys())
+def test_rbac_per_configuration_all_namespaces(values: dict[str, Any], expected: set[Any]) -> None:
+    """All namespaces: the same rules and Kopf's CRD scanning, in one ClusterRole."""
+    docs = render(values)
+    assert not kinds(docs, "Role") and not kinds(docs, "RoleBinding")
+    assert rules(one(docs, "ClusterRole")) == CRDS | expected
+
+
+def test_no_cluster_wide_read_of_config_maps_and_no_rollback_by_default() -> None:
+    for docs in (render(), render(LISTED)):
+        for role in kinds(docs, "ClusterRole") + kinds(docs, "Role"):
+            for rule in role["rules"]:
+                if "configmaps" in rule["resources"]:
+                    assert set(rule["verbs"]) == {"get", "patch"}, rule  # by name only: no list, no watch
+                assert "replicasets" not in rule["resources"], rule
+                assert not (
+                    {"deployments/scale", "configmaps", "events"} & set(rule["resources"]) and "update" in rule["verbs"]
+                )
 
 
 def test_all_namespaces_get_one_cluster_role() -> None:
@@ -208,9 +263,9 @@ def test_all_namespaces_get_one_cluster_role() -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "patron", "namespace": RELEASE_NS}]
 
 
-def test_listed_namespaces_get_a_role_each_and_the_cluster_role_only_framework_rules() -> None:
+def test_listed_namespaces_get_a_role_each_and_no_cluster_role() -> None:
     docs = render(LISTED)
-    assert rules(one(docs, "ClusterRole")) == CRDS
+    assert not kinds(docs, "ClusterRole") and not kinds(docs, "ClusterRoleBinding")
     roles = {r["metadata"]["namespace"]: r for r in kinds(docs, "Role")}
     assert set(roles) == {"shop", "payments"}
     assert all(rules(r) == NAMESPACED for r in roles.values())
@@ -231,7 +286,7 @@ def test_peering_objects_and_rules() -> None:
     assert env(cluster)["PATRON_PEERING"] == "ha"
 
     listed = render({**LISTED, "peering": {"enabled": True, "name": "ha"}})
-    assert rules(one(listed, "ClusterRole")) == CRDS
+    assert not kinds(listed, "ClusterRole")
     assert all(rules(r) == NAMESPACED | NAMESPACED_PEERING for r in kinds(listed, "Role"))
     assert {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in kinds(listed, "KopfPeering")} == {
         ("shop", "ha"),
@@ -320,6 +375,9 @@ def flatten(err: str) -> str:
         ({"peering": {"enable": True}}, ["/peering", "additional properties 'enable' not allowed"]),
         ({"metrics": {"serviceMonitor": {"enable": True}}}, ["/metrics/serviceMonitor", "'enable' not allowed"]),
         ({"securityContext": {"runAsRoot": True}}, ["/securityContext", "'runAsRoot' not allowed"]),
+        ({"actions": {"rolback": {"enabled": True}}}, ["/actions", "additional properties 'rolback' not allowed"]),
+        ({"actions": {"rollback": {"enable": True}}}, ["/actions/rollback", "'enable' not allowed"]),
+        ({"actions": {"rollback": {"enabled": "yes"}}}, ["/actions/rollback/enabled", "got string, want boolean"]),
         # Enums and formats.
         ({"logFormat": "xml"}, ["/logFormat", "plain", "json"]),
         ({"image": {"tag": "latest"}}, ["/image/tag"]),

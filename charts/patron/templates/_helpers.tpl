@@ -50,60 +50,74 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 Rules for everything Patron touches inside the namespaces it serves. Rendered into the ClusterRole
 when it serves all namespaces, and into one Role per namespace when watchNamespaces is listed.
-No wildcards, no Secrets.
+Exactly the verbs the code calls (tests/e2e/test_rbac_audit.py compares them with the API server's
+audit log); no wildcards, no Secrets, no list or watch of anything but CustomerSLOs (and HPAs and
+ReplicaSets, read to find the one that belongs to a target). Each action's rules only with its
+actions.<name>.enabled value.
 */}}
 {{- define "patron.namespacedRules" -}}
-# Framework (Kopf): posting Events on CustomerSLOs (ImpactStarted, ActionApplied, ...).
+# Framework (Kopf): posting Events on CustomerSLOs (ImpactStarted, ActionApplied, ...); never read or changed.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- if and .Values.peering.enabled .Values.watchNamespaces }}
 # Framework (Kopf): peering for HA; namespaced operators use a KopfPeering in each namespace.
 - apiGroups: [zalando.org, kopf.dev]
   resources: [kopfpeerings]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 {{- end }}
-# Application: the CustomerSLOs themselves (Kopf patches finalizer and annotations on the object).
+# The CustomerSLOs: Kopf lists and watches them and patches its finalizer and annotations; Patron
+# reads one by name before it evaluates or releases it, and merge-patches its status.
 - apiGroups: [patron.dev]
   resources: [customerslos]
   verbs: [get, list, watch, patch]
 - apiGroups: [patron.dev]
   resources: [customerslos/status]
-  verbs: [get, patch, update]
-# Application: scale action and rollback (pause or undo a rollout).
-- apiGroups: [apps]
-  resources: [deployments]
-  verbs: [get, list, watch, patch]
-- apiGroups: [apps]
-  resources: [deployments/scale]
-  verbs: [get, patch, update]
-# Application: rollback reads the ReplicaSets (revisions) of a Deployment.
-- apiGroups: [apps]
-  resources: [replicasets]
-  verbs: [get, list, watch]
-# Application: scale action respects an HPA by raising its minReplicas.
-- apiGroups: [autoscaling]
-  resources: [horizontalpodautoscalers]
-  verbs: [get, list, watch, patch]
-# Application: throttle action writes one key of the user's ratelimit ConfigMap (never creates or deletes it).
+  verbs: [patch]
+{{- with .Values.actions }}
+{{- if .throttle.enabled }}
+# actions.throttle: reads and patches the ConfigMap a CustomerSLO names (one key of it), by name:
+# no list or watch (it never reads the namespace's other ConfigMaps), no create or delete.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, watch, patch]
+  verbs: [get, patch]
+{{- end }}
+{{- if .scale.enabled }}
+# actions.scale: the minReplicas and patron.dev/owner annotation of the HPA that targets the
+# Deployment (listed to find it, read by name for its resourceVersion, merge-patched).
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, patch]
+{{- end }}
+{{- if or .scale.enabled .rollback.enabled }}
+# actions.scale: reads a Deployment and merge-patches its spec.replicas and patron.dev/owner
+# annotation at once, guarded by resourceVersion (one owner per target). actions.rollback: reads a
+# Deployment and pauses it or replaces its pod template (JSON patch guarded by a test of the template).
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, patch]
+{{- end }}
+{{- if .rollback.enabled }}
+# actions.rollback: lists a Deployment's ReplicaSets (its revisions), by the Deployment's selector.
+- apiGroups: [apps]
+  resources: [replicasets]
+  verbs: [list]
+{{- end }}
+{{- end }}
 {{- end -}}
 
-{{/* Cluster-scoped rules, needed in every mode. */}}
+{{/* Cluster-scoped rules: only when serving all namespaces (listed namespaces need none). */}}
 {{- define "patron.clusterRules" -}}
-# Framework (Kopf): discovering and observing CRDs (resource scanning).
+{{- if not .Values.watchNamespaces }}
+# Framework (Kopf): observing CRDs (resource scanning; off when serving listed namespaces).
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
-  verbs: [get, list, watch]
-{{- if and .Values.peering.enabled (not .Values.watchNamespaces) }}
+  verbs: [list, watch]
+{{- if .Values.peering.enabled }}
 # Framework (Kopf): peering for HA; cluster-wide operators use a ClusterKopfPeering.
 - apiGroups: [zalando.org, kopf.dev]
   resources: [clusterkopfpeerings]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
+{{- end }}
 {{- end }}
 {{- end -}}

@@ -3,50 +3,59 @@
 Integration seam (issue 4): `act` receives the outcome of the evaluation (status + events) and
 returns it with `status.actions`, the ActionsActive condition and action Events added.
 `spec` is None when the spec is invalid; `assessment` is None when the data could not be trusted:
-then nothing new is started and nothing is reverted (actions are held where they are; firing alerts
-are still re-sent so they do not expire).
+then nothing new is started and nothing Active is reverted (actions are held where they are;
+firing alerts are still re-sent so they do not expire; a revert already under way is finished).
 
 One evaluation: observe the objects each configured (or held) kind needs, plan every kind (pure),
-write the planned `status.actions` first when objects are about to change (so a crash between the
-change and the status write cannot make a restart step twice or forget an original value), then
-change the objects. A kind whose reads or writes fail keeps its records as they were.
+write the planned `status.actions` first when objects are about to change (through the one
+StatusWriter, so a crash between the change and the final status write cannot make a restart step
+twice, forget an original value or lose a revert: a revert is written as Reverting), then change
+the objects. A kind whose changes succeeded has its Reverting records made Reverted; a kind whose
+reads or writes fail keeps its records as they were (a pending revert stays Reverting) and is
+retried next evaluation, with one ActionFailed Event per failure kind.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
-
-from kubernetes.client.exceptions import ApiException
 
 from patron import metrics
 from patron.actions import alert, rollback, scale, throttle
 from patron.actions.alertmanager import AlertmanagerClient
-from patron.actions.k8s import K8s, slo_path
 from patron.actions.plan import (
     Plan,
     Situation,
     Step,
     actions_condition,
+    complete,
     dump_records,
     events,
+    evictions,
     failed,
-    merge,
+    merge_evicting,
     parse_records,
 )
 from patron.api.models import CustomerSLOSpec
 from patron.api.status import ActionRecord
 from patron.config import OperatorConfig
 from patron.impact.assess import Assessment
-from patron.kube import Kube
+from patron.kube import ApiError, K8s, StatusWriter
 from patron.reconcile import Event, Outcome
-from patron.status import set_condition
+from patron.status import parse_timestamp, set_condition
 
-__all__ = ["ActionContext", "AlertmanagerClient", "act", "finish", "kind_names", "release"]
+__all__ = [
+    "ActionContext",
+    "AlertmanagerClient",
+    "Released",
+    "act",
+    "finish",
+    "kind_names",
+    "release",
+]
 
 
 UNTRUSTED = "the data cannot be trusted: actions are held"
@@ -55,7 +64,8 @@ UNTRUSTED = "the data cannot be trusted: actions are held"
 @dataclass(frozen=True)
 class ActionContext:
     obj: dict[str, Any]  # the CustomerSLO as read at the start of this reconcile
-    kube: Kube
+    k8s: K8s
+    writer: StatusWriter  # the one way its status is written (write-ahead and final write)
     config: OperatorConfig
     alerts: Any  # the operator's Alertmanager client (set up at startup), or None
     now: datetime
@@ -78,24 +88,62 @@ async def act(
         return _finish(context, outcome, records, (), ("the spec is invalid: actions are held",))
     sit = _situation(context, spec, assessment, outcome.status.get("incident"), records, releasing=False)
     result = await _run(context, sit, outcome.status)
+    kept, evicted = merge_evicting(sit, result.steps)
     notes = [*result.notes, *(() if sit.fresh else (UNTRUSTED,))]
-    return _finish(context, outcome, merge(sit, result.steps), events(result.steps), notes)
+    return _finish(context, outcome, kept, (*events(result.steps), *evictions(evicted)), notes, result.conflicts)
 
 
-async def release(context: ActionContext) -> tuple[Event, ...]:
+@dataclass(frozen=True)
+class Released:
+    """What a release left: `done` when nothing is held any more (the finalizer may go)."""
+
+    done: bool
+    events: tuple[Event, ...]
+    left: tuple[ActionRecord, ...]  # Active or Reverting records still held
+
+
+async def release(context: ActionContext) -> Released:
     """The CustomerSLO is being deleted: give back everything Patron holds (throttle entries,
-    raised replicas), resolve its alerts. A paused or undone rollout stays as it is."""
-    status = context.obj.get("status") or {}
+    raised replicas), resolve its alerts; the records are written (Reverting, then Reverted) through
+    the StatusWriter, so a retry continues where this one stopped. A paused or undone rollout stays
+    as it is."""
+    status = context.writer.current
     records = parse_records(status.get("actions") or [])
-    if not any(r.state == "Active" for r in records):
-        return ()
+    if not any(r.held for r in records):
+        return Released(True, (), ())
     spec = CustomerSLOSpec.from_body(context.obj.get("spec") or {})
     sit = _situation(context, spec, None, status.get("incident"), records, releasing=True)
     result = await _run(context, sit, status)
-    failures = [s.message for s in result.steps if s.failure] + result.notes
-    if failures:
-        raise RuntimeError("; ".join(failures))
-    return events(result.steps)
+    kept, evicted = merge_evicting(sit, result.steps)
+    generation = context.obj["metadata"].get("generation")
+    out = finish(
+        Outcome(dict(status)), kept, (*events(result.steps), *evictions(evicted)), result.notes, generation, context.now
+    )
+    await context.writer.write(out.status)
+    left = tuple(r for r in kept if r.held)
+    return Released(not left and not result.notes, out.events, left)
+
+
+def abandoned(context: ActionContext, left: Sequence[ActionRecord]) -> Event | None:
+    """Past config.release_give_up (RELEASE_GIVE_UP, 10 minutes by default) after the
+    deletionTimestamp: the ReleaseAbandoned Event naming what was left behind (None while there
+    is still time)."""
+    deleted = context.obj["metadata"].get("deletionTimestamp")
+    give_up = timedelta(seconds=context.config.release_give_up)
+    if deleted is None or context.now < parse_timestamp(deleted) + give_up:
+        return None
+    what = "; ".join(_held_text(r) for r in left) or "nothing recorded (the last attempt failed)"
+    return Event("ReleaseAbandoned", f"gave up giving back after {give_up}; left behind: {what}", "Warning")
+
+
+def _held_text(r: ActionRecord) -> str:
+    """What a held record leaves behind, from its typed fields."""
+    if r.type == "Throttle":
+        return f"{r.target} key {r.key} entry for customer {r.customer} ({r.limit} req/s)"
+    if r.type == "Scale":
+        return f"{r.target} at {r.replicas} (original {r.original_replicas})"
+    who = f" customer {r.customer}" if r.customer else ""
+    return f"{r.type} {r.target}{who} ({r.state})"
 
 
 def _situation(
@@ -120,8 +168,8 @@ def _situation(
     )
 
 
-def _kinds(context: ActionContext, sit: Situation, status: dict[str, Any]) -> list[_Kind]:
-    k8s = K8s(context.kube.client)
+def _kinds(context: ActionContext, sit: Situation, status: Mapping[str, Any]) -> list[_Kind]:
+    k8s = context.k8s
     ns = sit.namespace
     client: AlertmanagerClient | None = context.alerts
 
@@ -152,19 +200,20 @@ def _kinds(context: ActionContext, sit: Situation, status: dict[str, Any]) -> li
 
 def kind_names(sit: Situation) -> list[str]:
     """The kinds planned in this evaluation, in order: alerts always; another kind when it is
-    configured or still holds records. A rollback goes before a scale step: it judges the
-    Deployment as observed. (Shared with the offline planner of `patron replay`.)"""
+    configured or still has records to decide about. A rollback goes before a scale step: it judges
+    the Deployment as observed. (Shared with the offline planner of `patron replay`.)"""
     names = ["alert"]
-    if sit.spec.actions.throttle or sit.of_type("Throttle", "Active", "Skipped"):
+    open_states = ("Active", "Skipped", "Reverting")
+    if sit.spec.actions.throttle or sit.of_type("Throttle", *open_states):
         names.append("throttle")
-    if sit.spec.actions.rollback or sit.of_type("Rollback", "Active", "Skipped"):
+    if sit.spec.actions.rollback or sit.of_type("Rollback", *open_states):
         names.append("rollback")
-    if sit.spec.actions.scale or sit.of_type("Scale", "Active", "Skipped"):
+    if sit.spec.actions.scale or sit.of_type("Scale", *open_states):
         names.append("scale")
     return names
 
 
-async def _run(context: ActionContext, sit: Situation, status: dict[str, Any]) -> _Result:
+async def _run(context: ActionContext, sit: Situation, status: Mapping[str, Any]) -> _Result:
     """Plan every kind, write the plan ahead of object changes, then carry it out."""
     result = _Result()
     plans: list[tuple[_Kind, Plan]] = []
@@ -174,20 +223,24 @@ async def _run(context: ActionContext, sit: Situation, status: dict[str, Any]) -
         except Exception as err:
             result.notes.append(f"{kind.name}: reading its targets failed: {_error(err)}")
             _log_failure(context, kind.name, err)
+    for _, plan in plans:
+        result.conflicts.extend(plan.conflicts)
+        result.notes.extend(plan.notes)
     if any(kind.changes_objects and plan.effects for kind, plan in plans):
-        ahead = merge(sit, [s for _, plan in plans for s in plan.steps])
-        await K8s(context.kube.client).patch_status(slo_path(sit.namespace, sit.name), {"actions": dump_records(ahead)})
+        ahead, _ = merge_evicting(sit, [s for _, plan in plans for s in plan.steps])
+        await context.writer.write({**context.writer.current, "actions": dump_records(ahead)})
     for kind, plan in plans:
         try:
             await kind.execute(plan.effects)
         except Exception as err:
             result.steps.extend(failed(sit, plan.steps, _error(err)))
+            result.notes.append(f"{kind.name}: failed: {_error(err)}")
             _log_failure(context, kind.name, err)
             continue
         for step in plan.steps:
             if step.verb != "hold":
                 metrics.ACTIONS.labels(action=kind.name, result=step.verb).inc()
-        result.steps.extend(plan.steps)
+        result.steps.extend(complete(sit, plan.steps))
     return result
 
 
@@ -195,26 +248,24 @@ async def _run(context: ActionContext, sit: Situation, status: dict[str, Any]) -
 class _Result:
     steps: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # problems that hold a whole kind
+    conflicts: list[str] = field(default_factory=list)  # targets another CustomerSLO owns
 
 
 def _log_failure(context: ActionContext, kind: str, err: Exception) -> None:
     metrics.ACTIONS.labels(action=kind, result="failed").inc()
-    if isinstance(err, ApiException):
-        context.logger.warning("%s action: %s", kind, _error(err))
+    if isinstance(err, (ApiError, scale.OwnedElsewhere, throttle.OwnedElsewhere)):
+        context.logger.warning("%s action: %s", kind, err)
     else:
         metrics.ERRORS.labels(where=f"action-{kind}").inc()
         context.logger.exception("%s action failed", kind)
 
 
 def _error(err: Exception) -> str:
-    """A short, stable description of a failure (for an API error: its status and the server's message)."""
-    if not isinstance(err, ApiException):
-        return f"{type(err).__name__}: {err}"
-    try:
-        message = json.loads(err.body or "{}").get("message", "")
-    except (ValueError, AttributeError):
-        message = ""
-    return f"HTTP {err.status} {err.reason}" + (f": {message}" if message else "")
+    """The failure kind, stable across retries (for an API error: the object, status and reason;
+    the server's message varies and goes to the log)."""
+    if isinstance(err, ApiError):
+        return err.kind
+    return f"{type(err).__name__}: {err}"
 
 
 def _finish(
@@ -223,8 +274,15 @@ def _finish(
     records: Sequence[ActionRecord],
     action_events: Sequence[Event],
     notes: Sequence[str],
+    conflicts: Sequence[str] = (),
 ) -> Outcome:
-    return finish(outcome, records, action_events, notes, context.obj["metadata"].get("generation"), context.now)
+    generation = context.obj["metadata"].get("generation")
+    return finish(outcome, records, action_events, notes, generation, context.now, conflicts)
+
+
+def _failure_events(notes: Sequence[str], before: str = "") -> tuple[Event, ...]:
+    """One ActionFailed Warning per failure note not already in the previous ActionsActive message."""
+    return tuple(Event("ActionFailed", n, "Warning") for n in notes if "failed" in n and n not in before)
 
 
 def finish(
@@ -234,14 +292,21 @@ def finish(
     notes: Sequence[str],
     generation: int | None,
     now: datetime,
+    conflicts: Sequence[str] = (),
 ) -> Outcome:
-    """The outcome with `status.actions`, the ActionsActive condition and the action Events (pure)."""
+    """The outcome with `status.actions`, the ActionsActive condition and the action Events (pure).
+    ActionFailed and Conflict Events are posted once: while the same failure or conflict stands
+    (it is named in the ActionsActive message), it posts nothing new."""
     status = dict(outcome.status)
     status["actions"] = dump_records(records)
-    state, reason, message = actions_condition(records, notes)
+    state, reason, message = actions_condition(records, notes, conflicts)
     before: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "ActionsActive"), {})
-    fresh_notes = [n for n in notes if n not in str(before.get("message", ""))]
-    action_events = [*action_events, *(Event("ActionFailed", n, "Warning") for n in fresh_notes if "failed" in n)]
+    said = str(before.get("message", ""))
+    action_events = [
+        *action_events,
+        *_failure_events(notes, said),
+        *(Event("Conflict", c, "Warning") for c in conflicts if c not in said),
+    ]
     status["conditions"] = set_condition(
         status.get("conditions") or [],
         "ActionsActive",

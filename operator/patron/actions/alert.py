@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,28 +21,27 @@ from urllib.parse import urlencode
 from patron.actions.alertmanager import Alert
 from patron.actions.plan import Key, Plan, Situation, Step, apply, at, hold, key_of, merge, revert, skip
 from patron.api.durations import parse_duration
-from patron.api.models import CustomerSLOSpec
-from patron.api.status import ActionRecord
+from patron.api.models import CustomerSLOSpec, Severity
+from patron.api.status import ActionRecord, AlertName
 from patron.impact.assess import NO_TIER, TierIndex
 from patron.impact.queries import series_selectors
 from patron.status import timestamp
 
-SLO_ALERT = "CustomerImpact"
-CUSTOMER_ALERT = "CustomerImpacted"
+SLO_ALERT: AlertName = "CustomerImpact"
+CUSTOMER_ALERT: AlertName = "CustomerImpacted"
 # impacted_customers names at most this many customers, then "(+N more)".
 MAX_NAMED = 50
 
 
-def alert_target(alertname: str, severity: str) -> str:
-    """The record target of an alert: its name and severity label, e.g. CustomerImpact{severity="critical"}."""
-    return f'{alertname}{{severity="{severity}"}}'
+def alert_record(alertname: AlertName, severity: Severity, **fields: Any) -> ActionRecord:
+    """An Alert record: its target names the alert and its severity label, e.g.
+    CustomerImpact{severity="critical"} (typed in alertname and severity)."""
+    target = f'{alertname}{{severity="{severity}"}}'
+    return ActionRecord(type="Alert", target=target, alertname=alertname, severity=severity, **fields)
 
 
-def parse_alert_target(target: str) -> tuple[str, str]:
-    match = re.fullmatch(r'(\w+)\{severity="(\w+)"\}', target)
-    if not match:
-        raise ValueError(f"not an alert target: {target!r}")
-    return match.group(1), match.group(2)
+def _name(record: ActionRecord) -> tuple[str, str]:
+    return str(record.alertname), str(record.severity)
 
 
 def error_ratio_query(spec: CustomerSLOSpec, customer: str | None = None) -> str:
@@ -65,10 +63,13 @@ def plan(sit: Situation, status: Mapping[str, Any], prometheus_url: str, can_sen
     spec = sit.spec.actions.alert
     desired = _desired(sit)
     steps: dict[Key, Step] = {}
-    for record in sit.of_type("Alert", "Active", "Skipped"):
+    for record in sit.of_type("Alert", "Active", "Skipped", "Reverting"):
         key = key_of(record)
         want = desired.get(key)
-        if want is not None and record.state == "Active":
+        if record.state == "Reverting":
+            name, severity = _name(record)
+            steps[key] = revert(sit, record, record.detail, f"Alert {name} ({severity}): resolved")
+        elif want is not None and record.state == "Active":
             del desired[key]
             if record.expires != want.expires:
                 steps[key] = hold(record, expires=want.expires)
@@ -81,11 +82,11 @@ def plan(sit: Situation, status: Mapping[str, Any], prometheus_url: str, can_sen
                 recovery = timedelta(seconds=parse_duration(sit.spec.recovery))
                 steps[key] = hold(record, expires=timestamp(sit.now + recovery))
         else:
-            name, severity = parse_alert_target(record.target)
+            name, severity = _name(record)
             who = f" customer {record.customer}" if record.customer else ""
             steps[key] = revert(sit, record, "resolved", f"Alert {name} ({severity}){who}: resolved")
     for key, record in desired.items():
-        name, severity = parse_alert_target(record.target)
+        name, severity = _name(record)
         who = f" customer {record.customer}" if record.customer else ""
         if can_send:
             steps[key] = apply(sit, record, f"Alert {name} ({severity}){who}: firing")
@@ -105,12 +106,13 @@ def _desired(sit: Situation) -> dict[Key, ActionRecord]:
     spec = sit.spec.actions.alert
     incident = sit.incident or {}
     peak = str(incident.get("peakSeverity", "none"))
-    if spec is None or sit.assessment is None or not incident or sit.recovered or peak == "none":
+    if spec is None or sit.assessment is None or not incident or sit.recovered or peak not in ("warning", "critical"):
         return {}
+    severity: Severity = "critical" if peak == "critical" else "warning"
     release = sit.release_at
-    slo = ActionRecord(
-        type="Alert",
-        target=alert_target(SLO_ALERT, peak),
+    slo = alert_record(
+        SLO_ALERT,
+        severity,
         state="Active",
         since=sit.stamp(),
         detail=f"{peak}: customer impact on {sit.spec.service}",
@@ -119,9 +121,9 @@ def _desired(sit: Situation) -> dict[Key, ActionRecord]:
     out: dict[Key, ActionRecord] = {key_of(slo): slo}
     if spec.per_customer and sit.incident_open_since is not None:
         for c in sit.assessment.impacted[: sit.spec.impact.top_customers]:
-            record = ActionRecord(
-                type="Alert",
-                target=alert_target(CUSTOMER_ALERT, peak),
+            record = alert_record(
+                CUSTOMER_ALERT,
+                severity,
                 customer=c.customer,
                 state="Active",
                 since=sit.stamp(),
@@ -137,8 +139,7 @@ def _lingers(sit: Situation, record: ActionRecord) -> bool:
         return False
     if not sit.spec.actions.alert.per_customer or sit.releasing or not sit.fresh or sit.recovered:
         return False
-    _, severity = parse_alert_target(record.target)
-    if severity != str((sit.incident or {}).get("peakSeverity")):
+    if record.severity != str((sit.incident or {}).get("peakSeverity")):
         return False
     expires = at(record.expires)
     return expires is None or sit.now < expires
@@ -167,7 +168,7 @@ def build(
 ) -> Alert:
     """The Alertmanager alert for a record: labels identify it, annotations describe the impact."""
     spec = sit.spec
-    name, severity = parse_alert_target(record.target)
+    name, severity = _name(record)
     labels = {
         **(spec.actions.alert.labels if spec.actions.alert else {}),
         "alertname": name,

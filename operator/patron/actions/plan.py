@@ -7,15 +7,15 @@ what it observed into Steps; `merge` applies the Steps to the previous records. 
 Record conventions (docs/actions.md):
 - `since`: when the record entered its current state or value (the cooldown counts from it).
 - `expires`: when Patron releases the action unless something changes (TTL, end of recovery).
-- `detail` of Throttle and Scale records starts with the value Patron holds (`held_value`).
-- Throttle `original` names the ConfigMap key the entry lives in; Scale `original` the value to restore.
+- Held values are typed fields (Throttle key/limit, Scale replicas/originalReplicas); `detail` is text.
+- A revert is a record in state Reverting first (written before the change is attempted); it becomes
+  Reverted only when the change succeeded (`complete`), and is retried every evaluation until then.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -33,10 +33,12 @@ Verb = Literal["apply", "revert", "hold", "skip"]
 
 # Reverted records kept for history once their incident is over (plus the newest Rollback per target).
 MAX_REVERTED = 5
-# A hard bound on status.actions, whatever happens.
-MAX_RECORDS = 200
+# At most this many records per action type: a type never pushes out another type's records.
+# Records past the cap are evicted (with an ActionEvicted Event): Reverted history first, then
+# Skipped decisions, then (alerts only: per-customer alerts beyond it) held ones.
+MAX_RECORDS = {"Alert": 250, "Throttle": 150, "Scale": 10, "Rollback": 10}
 _TYPE_ORDER = {"Rollback": 0, "Scale": 1, "Throttle": 2, "Alert": 3}
-_STATE_ORDER = {"Active": 0, "Skipped": 1, "Reverted": 2}
+_STATE_ORDER = {"Active": 0, "Reverting": 1, "Skipped": 2, "Reverted": 3}
 # ActionsActive reason while records of this type are Active, most significant first.
 REASONS = (("Rollback", "RolledBack"), ("Scale", "Scaling"), ("Throttle", "Throttling"), ("Alert", "Alerting"))
 
@@ -47,12 +49,6 @@ def key_of(record: ActionRecord) -> Key:
 
 def at(text: str | None) -> datetime | None:
     return parse_timestamp(text) if text else None
-
-
-def held_value(record: ActionRecord | None) -> int | None:
-    """The value a Throttle/Scale record holds: the integer its detail starts with."""
-    match = re.match(r"(\d+)\b", record.detail) if record else None
-    return int(match.group(1)) if match else None
 
 
 def parse_records(raw: Iterable[Any]) -> tuple[ActionRecord, ...]:
@@ -128,6 +124,11 @@ class Situation:
     def previous(self, key: Key) -> ActionRecord | None:
         return next((r for r in self.records if key_of(r) == key), None)
 
+    @property
+    def owner(self) -> str:
+        """The owner mark of what this CustomerSLO changes: <namespace>/<name>."""
+        return f"{self.namespace}/{self.name}"
+
     def of_type(self, type_: str, *states: str) -> list[ActionRecord]:
         return [r for r in self.records if r.type == type_ and (not states or r.state in states)]
 
@@ -143,7 +144,6 @@ class Step:
     key: Key
     record: ActionRecord | None
     message: str
-    failure: bool = False  # a change that failed: its Event is an ActionFailed Warning
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,8 @@ class Plan:
 
     steps: tuple[Step, ...] = ()
     effects: tuple[Any, ...] = ()
-    notes: tuple[str, ...] = field(default=())
+    conflicts: tuple[str, ...] = field(default=())  # targets owned by another CustomerSLO (messages)
+    notes: tuple[str, ...] = field(default=())  # e.g. storming customers left out at the cap
 
 
 def apply(sit: Situation, record: ActionRecord, message: str) -> Step:
@@ -166,15 +167,29 @@ def apply(sit: Situation, record: ActionRecord, message: str) -> Step:
 
 
 def revert(sit: Situation, record: ActionRecord, detail: str, message: str) -> Step:
-    """Release a held action (state Reverted, since now). Under dry run nothing held is released,
-    and a Skipped decision that lapses is dropped with an ActionSkipped Event."""
+    """Give back a held action: state Reverting (since now) until `complete` makes it Reverted.
+    A record already Reverting keeps its `since` (the same revert, retried). Under dry run nothing
+    Active is released (unless the CustomerSLO is being deleted); a Skipped decision that lapses is
+    dropped with an ActionSkipped Event."""
     if record.state == "Skipped":
         lapsed = f"dry run: would {message}" if sit.dry_run else f"{message} (it was not done: {record.detail})"
         return Step("skip", key_of(record), None, lapsed)
-    if sit.dry_run:
+    if record.state == "Reverting":
+        return Step("revert", key_of(record), record.model_copy(update={"detail": detail}), message)
+    if sit.dry_run and not sit.releasing:
         return hold(record)
-    update = {"state": "Reverted", "since": sit.stamp(), "detail": detail}
+    update = {"state": "Reverting", "since": sit.stamp(), "detail": detail}
     return Step("revert", key_of(record), record.model_copy(update=update), message)
+
+
+def complete(sit: Situation, steps: Iterable[Step]) -> tuple[Step, ...]:
+    """The steps after their changes succeeded: each Reverting record becomes Reverted (since now)."""
+    return tuple(
+        replace(s, record=s.record.model_copy(update={"state": "Reverted", "since": sit.stamp()}))
+        if s.record is not None and s.record.state == "Reverting"
+        else s
+        for s in steps
+    )
 
 
 def skip(sit: Situation, record: ActionRecord, reason: str, message: str | None = None) -> Step:
@@ -193,6 +208,11 @@ def hold(record: ActionRecord, **update: Any) -> Step:
 
 def merge(sit: Situation, steps: Sequence[Step]) -> tuple[ActionRecord, ...]:
     """The previous records with `steps` applied, trimmed by `retain` and in a stable order."""
+    return merge_evicting(sit, steps)[0]
+
+
+def merge_evicting(sit: Situation, steps: Sequence[Step]) -> tuple[tuple[ActionRecord, ...], tuple[ActionRecord, ...]]:
+    """`merge`, and the records it evicted past a per-type cap."""
     records: dict[Key, ActionRecord] = {key_of(r): r for r in sit.records}
     for step in steps:
         if step.record is None:
@@ -202,10 +222,14 @@ def merge(sit: Situation, steps: Sequence[Step]) -> tuple[ActionRecord, ...]:
     return retain(records.values(), sit.incident_open_since)
 
 
-def retain(records: Iterable[ActionRecord], open_since: datetime | None) -> tuple[ActionRecord, ...]:
-    """Active and Skipped records; Reverted ones from the open incident (a throttle lifted by its TTL
-    is not set again in the same incident), the newest Rollback per target (never twice for one
-    revision), and the last MAX_REVERTED others. At most MAX_RECORDS, held ones first."""
+def retain(
+    records: Iterable[ActionRecord], open_since: datetime | None
+) -> tuple[tuple[ActionRecord, ...], tuple[ActionRecord, ...]]:
+    """(kept, evicted). Kept: held and Skipped records; Reverted ones from the open incident (a
+    throttle lifted by its TTL is not set again in the same incident), the newest Rollback per
+    target (never twice for one revision), and the last MAX_REVERTED others (older history is
+    dropped silently). Then at most MAX_RECORDS[type] per type: the rest is evicted. Reverting
+    records are never evicted (their change is not given back yet)."""
     items = list(records)
     reverted = sorted((r for r in items if r.state == "Reverted"), key=lambda r: r.since, reverse=True)
     newest_rollback: dict[str, ActionRecord] = {}
@@ -215,25 +239,50 @@ def retain(records: Iterable[ActionRecord], open_since: datetime | None) -> tupl
     keep = {id(r) for r in reverted[:MAX_REVERTED]} | {id(r) for r in newest_rollback.values()}
     if open_since is not None:
         keep |= {id(r) for r in reverted if parse_timestamp(r.since) >= open_since}
-    kept = [r for r in items if r.state != "Reverted" or id(r) in keep]
-    kept.sort(
-        key=lambda r: (
-            _STATE_ORDER[r.state],
-            _TYPE_ORDER[r.type],
-            r.target,
-            r.customer or "",
+    kept: list[ActionRecord] = []
+    evicted: list[ActionRecord] = []
+    for type_, cap in MAX_RECORDS.items():
+        of_type = sorted(
+            (r for r in items if r.type == type_ and (r.state != "Reverted" or id(r) in keep)),
+            key=lambda r: (_STATE_ORDER[r.state], r.customer is not None, -_epoch(r)),
         )
+        room = max(cap - sum(1 for r in of_type if r.state == "Reverting"), 0)
+        others = [r for r in of_type if r.state != "Reverting"]
+        kept += [r for r in of_type if r.state == "Reverting"] + others[:room]
+        evicted += others[room:]
+    kept.sort(key=lambda r: (_STATE_ORDER[r.state], _TYPE_ORDER[r.type], r.target, r.customer or ""))
+    return tuple(kept), tuple(evicted)
+
+
+def _epoch(r: ActionRecord) -> float:
+    """Reverted records sort newest first; the others keep their order."""
+    return parse_timestamp(r.since).timestamp() if r.state == "Reverted" else 0.0
+
+
+def evictions(evicted: Sequence[ActionRecord]) -> tuple[Event, ...]:
+    """One ActionEvicted Event (Warning) naming the records dropped past their type's cap."""
+    if not evicted:
+        return ()
+    names = "; ".join(f"{r.type} {r.target}{f' {r.customer}' if r.customer else ''} ({r.state})" for r in evicted[:20])
+    more = f" (+{len(evicted) - 20} more)" if len(evicted) > 20 else ""
+    caps = ", ".join(f"{t} {n}" for t, n in MAX_RECORDS.items())
+    return (
+        Event(
+            "ActionEvicted",
+            f"{len(evicted)} record(s) past the per-type cap ({caps}) dropped: {names}{more}",
+            "Warning",
+        ),
     )
-    return tuple(kept[:MAX_RECORDS])
 
 
 def events(steps: Iterable[Step]) -> tuple[Event, ...]:
-    """ActionApplied / ActionReverted / ActionSkipped (ActionFailed, a Warning) per step that is not a hold."""
+    """ActionApplied / ActionReverted / ActionSkipped per step that is not a hold; a revert posts
+    its Event when it is done (Reverted), not while it is pending (Reverting)."""
     reasons = {"apply": "ActionApplied", "revert": "ActionReverted", "skip": "ActionSkipped"}
     return tuple(
-        Event("ActionFailed", s.message, "Warning") if s.failure else Event(reasons[s.verb], s.message)
+        Event(reasons[s.verb], s.message)
         for s in steps
-        if s.verb in reasons or s.failure
+        if s.verb in reasons and not (s.record is not None and s.record.state == "Reverting")
     )
 
 
@@ -246,36 +295,47 @@ def is_failure(record: ActionRecord) -> bool:
 
 
 def failed(sit: Situation, steps: Iterable[Step], error: str) -> tuple[Step, ...]:
-    """A kind's changes failed: held records stay as they were (with an ActionFailed Event); a new
-    decision becomes a Skipped record naming the error (its Event is posted once per error)."""
+    """A kind's changes failed (`error`: the failure kind; its ActionFailed Event is posted once,
+    from the note): held records stay as they were, a pending revert stays Reverting (retried next
+    evaluation), a new decision becomes a Skipped record naming the error. No per-step Event."""
     out = []
     for step in steps:
         before = sit.previous(step.key)
-        message = f"{step.message}: {FAILED}{error}"
-        if before is not None and before.state == "Active":
-            if step.verb in ("apply", "revert"):
-                out.append(Step("hold", step.key, before, message, failure=True))
-            else:
-                out.append(hold(before))
+        if step.verb == "revert" and step.record is not None:
+            out.append(hold(step.record))
+        elif before is not None and before.held:
+            out.append(hold(before))
         elif step.record is not None:
             decided = skip(sit, step.record.model_copy(update={"state": "Skipped"}), FAILED + error)
-            out.append(Step(decided.verb, decided.key, decided.record, message, failure=decided.verb == "skip"))
+            out.append(Step("hold", decided.key, decided.record, ""))
         elif before is not None:
             out.append(hold(before))
     return tuple(out)
 
 
-def actions_condition(records: Sequence[ActionRecord], notes: Sequence[str] = ()) -> tuple[str, str, str]:
-    """ActionsActive as (status, reason, message): True while anything is Active (reason of the most
-    significant kind), False/DryRun when only dry-run decisions stand, else False/None."""
+def actions_condition(
+    records: Sequence[ActionRecord], notes: Sequence[str] = (), conflicts: Sequence[str] = ()
+) -> tuple[str, str, str]:
+    """ActionsActive as (status, reason, message): True while anything is held (reason Conflict when
+    a target is owned by another CustomerSLO, else that of the most significant kind held),
+    False/DryRun when only dry-run decisions stand, else False/None (or False/Conflict)."""
     active = [r for r in records if r.state == "Active"]
+    reverting = [r for r in records if r.state == "Reverting"]
     skipped = [r for r in records if r.state == "Skipped"]
     parts = [_describe(type_, [r for r in active if r.type == type_]) for type_, _ in REASONS]
     message = "; ".join(p for p in parts if p) or "no action held"
+    if reverting:
+        message += f"; {len(reverting)} being given back: " + "; ".join(_one(r) for r in reverting[:5])
     if skipped:
         message += f"; {len(skipped)} decided but not done: " + "; ".join(_one(r) for r in skipped[:5])
+    if conflicts:
+        message += "; " + "; ".join(conflicts)
     if notes:
         message += "; " + "; ".join(notes)
+    if conflicts:
+        return ("True" if active or reverting else "False"), "Conflict", message
+    if reverting and not active:
+        return "True", "Reverting", message
     for type_, reason in REASONS:
         if any(r.type == type_ for r in active):
             return "True", reason, message

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from patron.actions.k8s import K8s, deployment_path, replica_sets_path
 from patron.actions.plan import Key, Plan, Situation, Step, apply, at, is_failure, revert, skip
 from patron.api.durations import parse_duration
-from patron.api.status import ActionRecord
+from patron.api.status import ActionRecord, TargetRef
+from patron.kube import K8s
 from patron.status import parse_timestamp
 
 REVISION = "deployment.kubernetes.io/revision"
@@ -67,6 +67,12 @@ def undo_template(template: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _name(record: ActionRecord) -> str:
+    """The Deployment a Rollback record names (its validated targetRef)."""
+    assert record.target_ref is not None
+    return record.target_ref.name
+
+
 def _paused(record: ActionRecord) -> bool:
     return record.detail.startswith("paused")
 
@@ -87,10 +93,10 @@ def _release_reason(sit: Situation, record: ActionRecord, dep: DeploymentState |
 def plan(sit: Situation, deployments: Mapping[str, DeploymentState | None]) -> Plan:
     spec = sit.spec.actions.rollback
     steps: dict[Key, Step] = {}
-    for record in sit.of_type("Rollback", "Active"):
-        why = _release_reason(sit, record, deployments.get(record.target.split("/", 1)[1]))
-        if why:
-            text = f"released: {why}"
+    for record in sit.of_type("Rollback", "Active", "Reverting"):
+        why = _release_reason(sit, record, deployments.get(_name(record)))
+        if why or record.state == "Reverting":
+            text = f"released: {why}" if why else record.detail
             steps[("Rollback", record.target, None)] = revert(sit, record, text, f"Rollback {record.target}: {text}")
     if sit.recovered:
         # Decisions not carried out (dry run, already paused) are kept as history: never twice per revision.
@@ -105,7 +111,8 @@ def plan(sit: Situation, deployments: Mapping[str, DeploymentState | None]) -> P
     target = f"Deployment/{spec.target.name}"
     key: Key = ("Rollback", target, None)
     dep = deployments.get(spec.target.name)
-    new = ActionRecord(type="Rollback", target=target, state="Skipped", since=sit.stamp())
+    ref = TargetRef(kind="Deployment", name=spec.target.name)
+    new = ActionRecord(type="Rollback", target=target, target_ref=ref, state="Skipped", since=sit.stamp())
     if dep is None:
         steps[key] = skip(sit, new, f"{target} not found in namespace {sit.namespace}")
         return Plan(tuple(steps.values()))
@@ -149,20 +156,20 @@ def plan(sit: Situation, deployments: Mapping[str, DeploymentState | None]) -> P
 
 async def observe(k8s: K8s, sit: Situation) -> dict[str, DeploymentState | None]:
     spec = sit.spec.actions.rollback
-    names = {r.target.split("/", 1)[1] for r in sit.of_type("Rollback", "Active")}
+    names = {_name(r) for r in sit.of_type("Rollback", "Active", "Reverting")}
     names |= {spec.target.name} if spec else set()
     return {name: await _read(k8s, sit.namespace, name) for name in sorted(names)}
 
 
 async def _read(k8s: K8s, namespace: str, name: str) -> DeploymentState | None:
-    dep = await k8s.get(deployment_path(namespace, name))
+    dep = await k8s.get("Deployment", namespace, name)
     if dep is None:
         return None
     labels = ((dep.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
     selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
     uid = dep["metadata"]["uid"]
     revisions = []
-    for rs in await k8s.items(replica_sets_path(namespace), selector or None):
+    for rs in await k8s.items("ReplicaSet", namespace, selector or None):
         meta = rs["metadata"]
         owned = any(o.get("uid") == uid and o.get("controller") for o in meta.get("ownerReferences") or [])
         number = (meta.get("annotations") or {}).get(REVISION, "")
@@ -179,4 +186,4 @@ async def _read(k8s: K8s, namespace: str, name: str) -> DeploymentState | None:
 
 async def execute(k8s: K8s, namespace: str, effects: Sequence[Any]) -> None:
     for patch in effects:
-        await k8s.json_patch(deployment_path(namespace, patch.name), list(patch.ops))
+        await k8s.json_patch("Deployment", namespace, patch.name, list(patch.ops))

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from patron.actions import UNTRUSTED, alert, finish, kind_names, scale, throttle
-from patron.actions.plan import Situation, Step, events, merge, parse_records
+from patron.actions.plan import Situation, Step, complete, events, evictions, merge_evicting, parse_records
 from patron.api.models import CustomerSLOSpec
 from patron.impact.assess import Assessment
 from patron.reconcile import Outcome
@@ -60,22 +60,23 @@ def plan_offline(
     sit: Situation, status: Mapping[str, Any], objects: Simulated, prometheus_url: str = ""
 ) -> tuple[list[Step], list[str], Simulated]:
     """Every kind's steps (as `act` plans them, in the same order), notes, and the objects after
-    the planned effects."""
+    the planned effects (which always succeed: every revert completes)."""
     steps: list[Step] = []
     notes: list[str] = []
     for name in kind_names(sit):
         if name == "alert":
-            steps.extend(alert.plan(sit, status, prometheus_url, True).steps)
+            plan = alert.plan(sit, status, prometheus_url, True)
         elif name == "throttle":
             plan = throttle.plan(sit, objects.config_maps)
             objects = replace(objects, config_maps=_write_keys(objects.config_maps, plan.effects))
-            steps.extend(plan.steps)
         elif name == "scale":
             plan = scale.plan(sit, _observe_scale(sit, objects))
             objects = replace(objects, replicas=_set_values(objects.replicas, plan.effects))
-            steps.extend(plan.steps)
         else:
             notes.append(ROLLBACK_NOT_SIMULATED)
+            continue
+        steps.extend(complete(sit, plan.steps))
+        notes.extend(plan.notes)
     return steps, notes, objects
 
 
@@ -103,7 +104,8 @@ def act_offline(
     )
     steps, notes, objects = plan_offline(sit, outcome.status, objects, prometheus_url)
     notes = [*notes, *(() if sit.fresh else (UNTRUSTED,))]
-    result = finish(outcome, merge(sit, steps), events(steps), notes, None, now)
+    kept, evicted = merge_evicting(sit, steps)
+    result = finish(outcome, kept, (*events(steps), *evictions(evicted)), notes, None, now)
     return result, tuple(notes), objects
 
 
@@ -112,7 +114,7 @@ def _observe_scale(sit: Situation, objects: Simulated) -> scale.Observed:
     found = {
         f"Deployment/{name}": scale.Scalable(f"Deployment/{name}", value) for name, value in objects.replicas.items()
     }
-    held = {r.target: found.get(r.target) for r in sit.of_type("Scale", "Active")}
+    held = {r.target: found.get(r.target) for r in sit.of_type("Scale", "Active", "Reverting")}
     return scale.Observed(f"Deployment/{spec.target.name}" if spec else None, {**held, **found})
 
 
@@ -136,7 +138,6 @@ def _write_keys(
 def _set_values(replicas: Mapping[str, int], effects: Sequence[Any]) -> dict[str, int]:
     out = dict(replicas)
     for change in effects:
-        kind, name = change.target.split("/", 1)
-        if kind == "Deployment":
-            out[name] = change.value
+        if change.ref.kind == "Deployment" and change.value is not None:
+            out[change.ref.name] = change.value
     return out

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from patron.api.models import Model
+from patron.api.models import OBJECT_NAME_PATTERN, Model, ObjectName, Severity
 
 
 class Condition(Model):
@@ -34,18 +35,109 @@ class ImpactedCustomer(Model):
     storming: bool = False
 
 
-class ActionRecord(Model):
-    """An action Patron holds (state Active/Skipped) or recently reverted (Reverted)."""
+TargetKind = Literal["ConfigMap", "Deployment", "HorizontalPodAutoscaler"]
+ActionType = Literal["Alert", "Throttle", "Scale", "Rollback"]
+ActionState = Literal["Active", "Skipped", "Reverting", "Reverted"]
+AlertName = Literal["CustomerImpact", "CustomerImpacted"]
+# The kinds each action type may name (paths are built only from a targetRef of these kinds).
+TARGET_KINDS: dict[str, tuple[str, ...]] = {
+    "Throttle": ("ConfigMap",),
+    "Scale": ("Deployment", "HorizontalPodAutoscaler"),
+    "Rollback": ("Deployment",),
+    "Alert": (),
+}
+_NAME = OBJECT_NAME_PATTERN.strip("^$")
+# `<Kind>/<name>` (name a DNS-1123 subdomain) or `CustomerImpact{severity="warning"}` and the like.
+TARGET_PATTERN = (
+    rf"^((ConfigMap|Deployment|HorizontalPodAutoscaler)/{_NAME}"
+    r'|(CustomerImpact|CustomerImpacted)\{severity="(warning|critical)"\})$'
+)
+ALERT_TARGET = r'(CustomerImpact|CustomerImpacted)\{severity="(warning|critical)"\}'
+CONFIG_MAP_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 
-    type: Literal["Alert", "Throttle", "Scale", "Rollback"]
-    target: str
+
+class TargetRef(Model):
+    """The object an action changes, in the CustomerSLO's own namespace (there is no namespace field)."""
+
+    kind: TargetKind
+    name: ObjectName
+
+
+class ActionRecord(Model):
+    """An action Patron holds (Active), decided but did not do (Skipped), is giving back (Reverting:
+    recorded before the change is attempted, until it succeeded) or gave back (Reverted).
+
+    The held values are typed fields; `detail` is human text only and never parsed. v0.1 records
+    (`original` plus the held value at the start of `detail`) are migrated when read."""
+
+    type: ActionType
+    target: str = Field(
+        pattern=TARGET_PATTERN,
+        max_length=len("HorizontalPodAutoscaler/") + 253,
+        description="For people, and the record's key.",
+    )
+    target_ref: TargetRef | None = Field(default=None, description="The object changed (absent for alerts).")
     customer: str | None = None
-    state: Literal["Active", "Skipped", "Reverted"]
+    state: ActionState
     since: str
     detail: str = ""
-    original: str | None = Field(default=None, description="What to restore on revert (e.g. replicas).")
     expires: str | None = None
     revision: str | None = None
+    key: str | None = Field(
+        default=None, pattern=CONFIG_MAP_KEY_PATTERN, max_length=253, description="Throttle: the ConfigMap key."
+    )
+    limit: int | None = Field(default=None, ge=1, description="Throttle: requests per second.")
+    replicas: int | None = Field(default=None, ge=0, description="Scale: the value Patron holds.")
+    original_replicas: int | None = Field(default=None, ge=0, description="Scale: the value to restore.")
+    alertname: AlertName | None = None
+    severity: Severity | None = None
+    original: str | None = Field(default=None, description="v0.1 only: migrated to the typed fields when read.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate_v01(cls, data: Any) -> Any:
+        """v0.1: Throttle `original` -> key, Scale `original` -> originalReplicas, the integer `detail`
+        starts with -> limit / replicas; targetRef from `target`; alertname/severity from `target`."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        type_, target = out.get("type"), str(out.get("target") or "")
+        original = out.pop("original", None)
+        held = re.match(r"(\d+)\b", str(out.get("detail") or ""))
+        if type_ == "Throttle":
+            out.setdefault("key", original)
+            if held and out.get("state") in ("Active", "Reverting"):
+                out.setdefault("limit", int(held.group(1)))
+        elif type_ == "Scale":
+            if original is not None and str(original).isdigit():
+                out.setdefault("originalReplicas", int(original))
+            if held and out.get("state") in ("Active", "Reverting") and "originalReplicas" in out:
+                out.setdefault("replicas", int(held.group(1)))
+        alert = re.fullmatch(ALERT_TARGET, target)
+        if type_ == "Alert" and alert:
+            out.setdefault("alertname", alert.group(1))
+            out.setdefault("severity", alert.group(2))
+        if type_ != "Alert" and "targetRef" not in out and "target_ref" not in out and "/" in target:
+            kind, name = target.split("/", 1)
+            out["targetRef"] = {"kind": kind, "name": name}
+        return {k: v for k, v in out.items() if v is not None}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ActionRecord:
+        """targetRef agrees with `target` and is a kind the action type may change."""
+        if self.type == "Alert":
+            if self.target_ref is not None or self.target != f'{self.alertname}{{severity="{self.severity}"}}':
+                raise ValueError("an Alert record has no targetRef and its target names its alertname and severity")
+            return self
+        ref = self.target_ref
+        if ref is None or ref.kind not in TARGET_KINDS[self.type] or self.target != f"{ref.kind}/{ref.name}":
+            raise ValueError(f"a {self.type} record needs targetRef of kind {TARGET_KINDS[self.type]} matching target")
+        return self
+
+    @property
+    def held(self) -> bool:
+        """Patron holds (or is still giving back) a change to the world."""
+        return self.state in ("Active", "Reverting")
 
 
 class Incident(Model):
