@@ -20,6 +20,7 @@ error or expiry).
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import logging
 import os
@@ -148,7 +149,7 @@ def main() -> None:
     while True:
         try:
             mirror(api, namespace, name, args.dir)
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, http.client.HTTPException) as err:  # e.g. the API server restarted
             log.warning("%s; listing again in 1 s", err)
             time.sleep(1)
 
