@@ -333,8 +333,9 @@ component_command() {
     ratelimit)
       # The settings a ConfigMap volume needs (docs/throttling.md): RUNTIME_IGNOREDOTFILES=true, or
       # the timestamped `..<time>/` directory's copies load too ("duplicate domain", and no config
-      # at all while /healthcheck still answers 200); RUNTIME_WATCH_ROOT=false, or the swap of the
-      # `..data` link is never seen and updates are never reloaded. The binary is started through a
+      # at all while /healthcheck still answers 200); RUNTIME_WATCH_ROOT=false, or it watches only
+      # the directory above RUNTIME_ROOT, never sees the `..data` swap in the mount and never
+      # reloads. The binary is started through a
       # link in the state directory so that its command line names that directory.
       ln -sfn "$BIN/ratelimit" "$STATE/ratelimit/ratelimit"
       CMD=(env USE_STATSD=false LOG_LEVEL=info LOG_FORMAT=json
