@@ -47,6 +47,10 @@ def _manifest_namespace(manifest: dict[str, Any]) -> str:
     return str((manifest.get("metadata") or {}).get("namespace") or "default")
 
 
+def _manifest_name(manifest: dict[str, Any]) -> str:
+    return str((manifest.get("metadata") or {}).get("name") or "")
+
+
 def _label_name(text: str) -> str:
     from patron.api.tenancy import check_label_name
 
@@ -128,7 +132,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     at = _parse_time(args.at) if args.at else datetime.now(UTC)
     try:
         spec = parse_spec(manifest.get("spec") or {}, args.namespace_label, _manifest_namespace(manifest))
-        assessment = evaluate(spec, Prometheus(args.prometheus), at)
+        slo = f"{_manifest_namespace(manifest)}/{_manifest_name(manifest)}"
+        assessment = evaluate(spec, Prometheus(args.prometheus), at, slo)
     except DataProblem as problem:
         print(printable(f"error: {problem.reason}: {problem.message}"), file=sys.stderr)
         return 2
@@ -243,6 +248,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    from patron.impact.assess import DataProblem
+    from patron.impact.rules import prometheus_rule, rule_file
+    from patron.reconcile import parse_spec
+
+    manifest = _load_manifest(args.file)
+    namespace, name = _manifest_namespace(manifest), _manifest_name(manifest)
+    if not name:
+        raise SystemExit(f"error: {args.file}: metadata.name is required (it names the recorded series)")
+    try:
+        spec = parse_spec(manifest.get("spec") or {}, args.namespace_label, namespace)
+    except DataProblem as problem:
+        raise SystemExit(printable(f"error: {problem.message}")) from None
+    build = prometheus_rule if args.output == "prometheusrule" else rule_file
+    print(yaml.safe_dump(build(spec, namespace, name), sort_keys=False, width=1 << 16, allow_unicode=True), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="patron", description="Customer-impact SLOs for Kubernetes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -314,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--output", choices=("json", "table"), default="table")
     _add_namespace_label(rp)
     rp.set_defaults(func=cmd_replay)
+
+    ru = sub.add_parser("rules", help="print a CustomerSLO's recording rules (rule file or PrometheusRule)")
+    ru.add_argument("-f", "--file", required=True, help="manifest path, or - for stdin")
+    ru.add_argument("-o", "--output", choices=("rulefile", "prometheusrule"), default="rulefile")
+    _add_namespace_label(ru)
+    ru.set_defaults(func=cmd_rules)
     return parser
 
 

@@ -121,7 +121,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
         assessment: Assessment | None = None
         try:
             spec = parse_spec(obj.get("spec") or {}, memo.config.namespace_label, namespace)
-            assessment = await evaluate_now(spec, memo.prometheus)
+            assessment = await evaluate_now(spec, memo.prometheus, f"{namespace}/{name}")
             outcome = evaluated(spec, previous, assessment, generation, now)
             metrics.IMPACTED.labels(namespace, name).set(len(assessment.impacted))
             metrics.EVALUATIONS.labels(outcome="Evaluated").inc()

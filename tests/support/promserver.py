@@ -57,6 +57,33 @@ class PrometheusServer:
         )
         source.unlink()
 
+    def backfill_rules(self, levels: list[Path], start: float, end: float) -> None:
+        """Evaluate recording rules over [start, end] into blocks (`promtool tsdb create-blocks-from
+        rules`), one rule file per level in order: a level reads the one before it, so Prometheus
+        restarts on the new blocks between levels."""
+        for level in levels:
+            out = self.workdir / "backfill"
+            subprocess.run(
+                [
+                    PROMTOOL,
+                    "tsdb",
+                    "create-blocks-from",
+                    "rules",
+                    f"--url={self.url}",
+                    f"--start={start:.0f}",
+                    f"--end={end:.0f}",
+                    f"--output-dir={out}",
+                    "--quiet",
+                    str(level),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            self.stop()
+            for block in out.iterdir():
+                block.rename(self.workdir / "data" / block.name)
+            self.start()
+
     def start(self) -> None:
         config = self.workdir / "prometheus.yml"
         config.write_text("global: {scrape_interval: 15s}\nscrape_configs: []\n")

@@ -246,6 +246,8 @@ def assess(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]
     """
     _check_values(results)
     notes = _errors_note(spec, plan, results)
+    if plan.raw:
+        notes.append(f"read raw, not yet covered by the recording rules: {', '.join(plan.raw)}")
     label = spec.customer_label
     _, _, bad_is_good = series_selectors(spec)
     totals = {key: by_label(results.get(key, ()), label) for key in results if key.startswith("total[")}

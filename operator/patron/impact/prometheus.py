@@ -47,6 +47,10 @@ class Prometheus:
     def run(self, plan: QueryPlan, at: datetime | None = None) -> dict[str, Series]:
         return {name: self.query(promql, at) for name, promql in plan.queries.items()}
 
+    async def query_async(self, promql: str) -> Series:
+        """One instant query now, in a worker thread, bounded by the timeout."""
+        return await self._in_thread(self.query, promql, None)
+
     async def run_async(self, plan: QueryPlan) -> dict[str, Series]:
         """Run the plan's queries now, concurrently in worker threads, each bounded by the timeout.
 
