@@ -25,7 +25,16 @@ from patron.api.durations import format_duration, parse_duration
 from patron.api.models import CustomerSLOSpec
 from patron.api.selectors import Matcher, Selector
 from patron.impact.assess import Series
-from patron.impact.queries import QueryPlan, Read, nonzero, series_selectors
+from patron.impact.queries import (
+    BASELINE_COVERAGE,
+    FRESHNESS,
+    QueryPlan,
+    Read,
+    bad_key,
+    nonzero,
+    series_selectors,
+    total_key,
+)
 
 SLO_LABEL = "customerslo"
 BLOCK_LABEL = "patron_block"
@@ -196,7 +205,68 @@ def with_recorded(spec: CustomerSLOSpec, slo: str, plan: QueryPlan, covered: set
         if (r.window, r.offset) in covered & recordable:
             queries[name] = f"{recorded(_kind(spec, r), r.window, slo)}{_offset(r.offset)}{nonzero(r, bad_is_good)}"
     raw = sorted(recordable - covered)
-    return replace(plan, queries=queries, raw=tuple(span(w) + _offset(o) for w, o in raw))
+    plan = replace(plan, queries=queries, raw=tuple(span(w) + _offset(o) for w, o in raw))
+    return _bounded(spec, slo, plan) if _candidate_reads(spec) <= covered else plan
+
+
+def _candidate_reads(spec: CustomerSLOSpec) -> set[tuple[int, int]]:
+    """The reads the candidate filter takes from recorded series: each row's long window, L offset baseline."""
+    long_ = parse_duration(spec.first_window.long)
+    return {(parse_duration(r.long), 0) for r in spec.impact.windows} | {
+        (long_, parse_duration(spec.impact.retry_storm.baseline))
+    }
+
+
+def _candidates(spec: CustomerSLOSpec, slo: str) -> str:
+    """Customers over some row's burn threshold in its long window, or storming (PromQL, `group by`).
+
+    Thresholds are lowered by 0.1% so that floating-point rounding never drops a customer the
+    exact check in `assess` would count; `assess` decides, the filter only bounds the response.
+    """
+    label = spec.customer_label
+    total_kind, bad_kind = kinds(spec)
+    _, _, bad_is_good = series_selectors(spec)
+    parts = []
+    for row in spec.impact.windows:
+        w = parse_duration(row.long)
+        ratio = f"{recorded(bad_kind, w, slo)} / on ({label}) {recorded(total_kind, w, slo)}"
+        errors = f"(1 - {ratio})" if bad_is_good else f"({ratio})"
+        parts.append(f"group by ({label}) ({errors} >= {0.999 * row.burn_rate * spec.error_budget!r})")
+    total, _, _ = series_selectors(spec)
+    s, long_ = layout(spec).shortest, parse_duration(spec.first_window.long)
+    baseline = parse_duration(spec.impact.retry_storm.baseline)
+    storm = (
+        f"sum by ({label}) (rate({total.render()}[{span(s)}])) >= on ({label}) "
+        f"{0.999 * spec.impact.retry_storm.amplification!r} * {recorded(total_kind, long_, slo)}{_offset(baseline)}"
+    )
+    parts.append(f"group by ({label}) ({storm})")
+    return " or ".join(parts)
+
+
+def _bounded(spec: CustomerSLOSpec, slo: str, plan: QueryPlan) -> QueryPlan:
+    """Filter every per-customer query but total[L] (the active customers) to the candidates.
+
+    A candidate keeps its presence in each window (absent is unknown, present with 0 is known);
+    a customer that is not a candidate is neither impacted, lost nor storming whatever its other
+    windows hold. Latency keeps good requests over L unfiltered (every customer must have the
+    threshold's bucket). FRESHNESS returns the customers without a fresh sample (an age, or
+    time() when they have none within the lookback) and, unlabelled, the newest age.
+    """
+    label = spec.customer_label
+    long_ = parse_duration(spec.first_window.long)
+    _, _, bad_is_good = series_selectors(spec)
+    keep = {total_key(long_)} | ({bad_key(long_)} if bad_is_good else set())
+    cand = _candidates(spec, slo)
+    filtered = (plan.reads.keys() - keep) | {BASELINE_COVERAGE}
+    queries = {name: f"({q}) and on ({label}) ({cand})" if name in filtered else q for name, q in plan.queries.items()}
+    total, _, _ = series_selectors(spec)
+    age = f"(time() - max by ({label}) (timestamp({total.render()})))"
+    active = f"group by ({label}) ({recorded(kinds(spec)[0], long_, slo)})"
+    queries[FRESHNESS] = (
+        f"{age} > {parse_duration(spec.impact.stale_after)} or on ({label}) "
+        f"(({active} unless on ({label}) {age}) * 0 + time()) or min({age})"
+    )
+    return replace(plan, queries=queries, bounded=True)
 
 
 def covered_reads(series: Series) -> set[tuple[int, int]]:
