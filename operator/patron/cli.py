@@ -16,6 +16,7 @@ from typing import Any, cast
 import yaml
 
 from patron.config import OperatorConfig, split_list
+from patron.impact.connection import Connection
 from patron.text import printable, table
 
 
@@ -72,6 +73,46 @@ def _add_namespace_label(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_connection(parser: argparse.ArgumentParser, target: str) -> None:
+    """--<target>-ca-file, -bearer-token-file, -basic-auth-file, -header; env PATRON_<TARGET>_CA_FILE etc."""
+    env = f"PATRON_{target.upper()}_"
+    for option, what in (
+        ("ca-file", "PEM CA bundle to verify its TLS certificate (default: the system's)"),
+        ("bearer-token-file", "file holding a bearer token, re-read at every request"),
+        ("basic-auth-file", "file holding user:password for basic auth, re-read at every request"),
+    ):
+        variable = env + option.upper().replace("-", "_")
+        parser.add_argument(
+            f"--{target}-{option}", metavar="FILE", default=os.environ.get(variable), help=f"{what} (${variable})"
+        )
+    headers = os.environ.get(env + "HEADERS")
+    parser.add_argument(
+        f"--{target}-header",
+        action="append",
+        metavar="'NAME: VALUE'",
+        default=[h for h in headers.splitlines() if h.strip()] if headers else None,
+        help=f"extra request header, repeatable, e.g. 'X-Scope-OrgID: team-a' (${env}HEADERS, one per line)",
+    )
+
+
+def _connection(args: argparse.Namespace, target: str) -> Connection:
+    from patron.impact.connection import ConnectionOptionError, parse_header
+
+    def get(option: str) -> Any:
+        return getattr(args, f"{target}_{option}")
+
+    try:
+        return Connection(
+            flag=f"--{target}",
+            ca_file=get("ca_file"),
+            bearer_token_file=get("bearer_token_file"),
+            basic_auth_file=get("basic_auth_file"),
+            headers=tuple(parse_header(h) for h in get("header") or ()),
+        )
+    except ConnectionOptionError as err:
+        raise SystemExit(printable(f"error: {err}")) from None
+
+
 def _priority(value: str | None, peering: str | None) -> int:
     """Kopf peering priority: given, else random among replicas (Kopf pauses peers of equal priority)."""
     if value:
@@ -98,6 +139,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         peering=args.peering or None,
         priority=_priority(args.priority, args.peering),
         namespace_label=args.namespace_label,
+        prometheus_connection=_connection(args, "prometheus"),
+        alertmanager_connection=_connection(args, "alertmanager"),
     )
     # Kopf's own formatters: FULL for people, JSON (one object per line, with the object's
     # namespace/name) for log pipelines.
@@ -133,7 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         spec = parse_spec(manifest.get("spec") or {}, args.namespace_label, _manifest_namespace(manifest))
         slo = f"{_manifest_namespace(manifest)}/{_manifest_name(manifest)}"
-        assessment = evaluate(spec, Prometheus(args.prometheus), at, slo)
+        assessment = evaluate(spec, Prometheus(args.prometheus, connection=_connection(args, "prometheus")), at, slo)
     except DataProblem as problem:
         print(printable(f"error: {problem.reason}: {problem.message}"), file=sys.stderr)
         return 2
@@ -207,7 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     window = report_time(obj, datetime.now(UTC))
     if window and args.prometheus:
         try:
-            prom = Prometheus(args.prometheus)
+            prom = Prometheus(args.prometheus, connection=_connection(args, "prometheus"))
             counts = {k: prom.query(q, window[1]) for k, q in incident_queries(spec, *window).items()}
         except DataProblem as problem:
             print(printable(f"warning: {problem.message}; failed requests per customer are left out"), file=sys.stderr)
@@ -230,7 +273,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         spec = parse_spec(manifest.get("spec") or {}, args.namespace_label, namespace)
         steps = replay(
             spec,
-            Prometheus(args.prometheus),
+            Prometheus(args.prometheus, connection=_connection(args, "prometheus")),
             _parse_time(args.start),
             _parse_time(args.end),
             timedelta(seconds=parse_duration(args.step)),
@@ -300,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-format", choices=("plain", "json"), default=os.environ.get("PATRON_LOG_FORMAT", "plain"))
     _add_namespace_label(run)
+    _add_connection(run, "prometheus")
+    _add_connection(run, "alertmanager")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
 
@@ -309,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--at", help="evaluation time, RFC 3339 (default: now)")
     ev.add_argument("-o", "--output", choices=("json", "table"), default="table")
     _add_namespace_label(ev)
+    _add_connection(ev, "prometheus")
     ev.set_defaults(func=cmd_evaluate)
 
     rep = sub.add_parser("report", help="post-mortem of a CustomerSLO's current or last incident")
@@ -320,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("-o", "--output", choices=("table", "markdown", "json"), default="table")
     _add_namespace_label(rep)
+    _add_connection(rep, "prometheus")
     rep.set_defaults(func=cmd_report)
 
     rp = sub.add_parser("replay", help="backtest a CustomerSLO over a past period with the operator's engine")
@@ -336,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("-o", "--output", choices=("json", "table"), default="table")
     _add_namespace_label(rp)
+    _add_connection(rp, "prometheus")
     rp.set_defaults(func=cmd_replay)
 
     ru = sub.add_parser("rules", help="print a CustomerSLO's recording rules (rule file or PrometheusRule)")

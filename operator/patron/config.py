@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from patron.impact.connection import Connection
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,8 @@ class OperatorConfig:
     peering: str | None = None  # None: standalone (one replica); a name: Kopf peering for HA
     priority: int = 0  # Kopf peering priority; replicas must differ, or Kopf pauses them all
     namespace_label: str | None = None  # tenancy: every selector gets <label>="<its CustomerSLO's namespace>"
+    prometheus_connection: Connection = field(default_factory=Connection)
+    alertmanager_connection: Connection = field(default_factory=lambda: Connection("--alertmanager"))
 
 
 def split_list(values: list[str] | None) -> tuple[str, ...]:

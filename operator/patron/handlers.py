@@ -52,9 +52,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Kopf retries listing them for about a minute before falling back to exactly those names.
     if config.namespaces and not any(set("*?!,") & set(ns) for ns in config.namespaces):
         settings.scanning.disabled = True
-    memo.prometheus = Prometheus(config.prometheus_url, timeout=config.prometheus_timeout)
+    memo.prometheus = Prometheus(config.prometheus_url, config.prometheus_timeout, config.prometheus_connection)
     memo.kube = Kube(api_client())
-    memo.alerts = AlertmanagerClient(config.alertmanager_urls) if config.alertmanager_urls else None
+    memo.alerts = (
+        AlertmanagerClient(config.alertmanager_urls, connection=config.alertmanager_connection)
+        if config.alertmanager_urls
+        else None
+    )
     if memo.alerts is not None:
         memo.alerts.start()
 

@@ -13,6 +13,7 @@ from requests import RequestException
 
 from patron import metrics
 from patron.impact.assess import DataProblem, Series
+from patron.impact.connection import Connection, ConnectionOptionError
 from patron.impact.queries import BUDGET_REFRESH, QueryPlan
 
 DEFAULT_TIMEOUT = 10.0
@@ -21,10 +22,12 @@ DEFAULT_TIMEOUT = 10.0
 class Prometheus:
     """A Prometheus HTTP API endpoint. Errors become DataProblem('PrometheusUnavailable' | 'QueryFailed')."""
 
-    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT, connection: Connection | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.connection = connection or Connection()
         self._client = PrometheusConnect(url=self.url, disable_ssl=False, timeout=timeout)
+        self._client._session.verify = self.connection.verify()
         self._budget_cache: dict[str, tuple[float, Series]] = {}
 
     def query(self, promql: str, at: datetime | None = None) -> Series:
@@ -32,8 +35,9 @@ class Prometheus:
         params = {"time": f"{at.timestamp():.3f}"} if at else {}
         started = time.monotonic()
         try:
+            self._client.headers = self.connection.request_headers()  # token files are re-read: rotation
             data = self._client.custom_query(promql, params=params)
-        except RequestException as err:
+        except (RequestException, OSError, ConnectionOptionError) as err:
             metrics.QUERIES.labels(outcome="unavailable").inc()
             raise DataProblem("PrometheusUnavailable", f"Prometheus at {self.url} did not answer: {err}") from err
         except PrometheusApiClientException as err:
