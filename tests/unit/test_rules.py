@@ -163,3 +163,11 @@ def test_recorded_reads_replace_covered_windows_only() -> None:
     assert got.raw == ("1h offset 1h", "6h", "30d")
     every = {(r.window, r.offset) for r in plan.reads.values()}
     assert with_recorded(the_spec, "ns/slo", plan, every).raw == ()
+
+
+def test_budget_is_built_from_the_coarsest_window_that_divides_it() -> None:
+    windows = {
+        "windows": [{"long": "1h", "short": "5m", "burnRate": 14.4}, {"long": "2h", "short": "30m", "burnRate": 6}]
+    }
+    budget = rule_file(spec(impact=windows, window="3h"), "ns", "slo")["groups"][1]["rules"][0]
+    assert budget["expr"] == ('sum_over_time(patron:requests:rate1h{customerslo="ns/slo"}[2h59m59s:1h]) * 3600 / 10800')

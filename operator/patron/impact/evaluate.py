@@ -23,15 +23,18 @@ def evaluate(
     return assess(spec, plan, prometheus.run(plan, at))
 
 
-async def evaluate_now(spec: CustomerSLOSpec, prometheus: Prometheus, slo: str | None = None) -> Assessment:
-    """The operator's evaluation: now, queries concurrent, budget-window results reused for a while.
+async def evaluate_now(
+    spec: CustomerSLOSpec, prometheus: Prometheus, slo: str | None = None, at: datetime | None = None
+) -> Assessment:
+    """The operator's evaluation: now (`at` only for benchmarks of backfilled data), queries
+    concurrent, budget-window results reused for a while.
 
     `assess` runs in a worker thread: for thousands of customers it takes long enough to stall
     every other CustomerSLO on the event loop.
     """
     plan: QueryPlan = plan_queries(spec)
     if slo is not None and spec.recording_rules.enabled:
-        coverage = await prometheus.query_async(coverage_query(spec, slo, plan))
+        coverage = await prometheus.query_async(coverage_query(spec, slo, plan), at)
         plan = with_recorded(spec, slo, plan, covered_reads(coverage))
-    results = await prometheus.run_async(plan)
+    results = await prometheus.run_async(plan, at)
     return await asyncio.to_thread(assess, spec, plan, results)

@@ -51,11 +51,11 @@ class Prometheus:
     def run(self, plan: QueryPlan, at: datetime | None = None) -> dict[str, Series]:
         return {name: self.query(promql, at) for name, promql in plan.queries.items()}
 
-    async def query_async(self, promql: str) -> Series:
-        """One instant query now, in a worker thread, bounded by the timeout."""
-        return await self._in_thread(self.query, promql, None)
+    async def query_async(self, promql: str, at: datetime | None = None) -> Series:
+        """One instant query (now by default), in a worker thread, bounded by the timeout."""
+        return await self._in_thread(self.query, promql, at)
 
-    async def run_async(self, plan: QueryPlan) -> dict[str, Series]:
+    async def run_async(self, plan: QueryPlan, at: datetime | None = None) -> dict[str, Series]:
         """Run the plan's queries now, concurrently in worker threads, each bounded by the timeout.
 
         Budget-window results younger than BUDGET_REFRESH are reused (keyed by PromQL, so CustomerSLOs
@@ -69,7 +69,7 @@ class Prometheus:
         }
         names = [n for n in plan.queries if n not in reused]
         results = await asyncio.gather(
-            *(self._in_thread(self.query, plan.queries[n], None) for n in names), return_exceptions=True
+            *(self._in_thread(self.query, plan.queries[n], at) for n in names), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):

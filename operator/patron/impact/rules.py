@@ -9,9 +9,10 @@ than S, the shortest window:
   patron:<kind>:rate<W> = avg of patron:<kind>:rate<V> offset 0, V, 2V, ... (W - V); the blocks
   line up because the group evaluates every interval and V is a multiple of it. A window that no
   shorter one divides is the mean of level 0 over the last W - S (edges of S weigh less);
-- level 2 (a coarser group): the budget window B from the coarsest impact window M, one point
-  every M: patron:<kind>:rate<B> = sum_over_time(patron:<kind>:rate<M>[B-1s:M]) * M / B (absent
-  points count as zero, as raw rate() counts a customer's missing past as no requests).
+- level 2 (a coarser group): the budget window B from M, the coarsest impact window that divides
+  it (S when none does), one point every M:
+  patron:<kind>:rate<B> = sum_over_time(patron:<kind>:rate<M>[B-1s:M]) * M / B (absent points
+  count as zero, as raw rate() counts a customer's missing past as no requests).
 
 Every recorded series keeps the customer label and carries customerslo="<ns>/<name>".
 """
@@ -48,7 +49,7 @@ class RecordedLayout:
     shortest: int  # S: the only raw range
     impact: tuple[int, ...]  # every impact window, S first
     budget: int | None  # B when it is not an impact window, else None
-    coarsest: int  # M: the longest impact window, the budget level's input
+    coarsest: int  # M: the longest impact window dividing B (else S), the budget level's input
 
     def depth(self, window: int, offset: int = 0) -> int:
         """How far back level 0 must reach for `window` read at `offset` to be complete.
@@ -67,7 +68,7 @@ def layout(spec: CustomerSLOSpec) -> RecordedLayout:
         shortest=impact[0],
         impact=tuple(impact),
         budget=None if budget in impact else budget,
-        coarsest=impact[-1],
+        coarsest=max((w for w in impact if budget % w == 0), default=impact[0]),
     )
 
 
