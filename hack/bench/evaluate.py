@@ -136,7 +136,8 @@ def _rss_mib(pid: int, field: str) -> float:
 def run_mode(n: int, mode: str, repeat: int) -> dict[str, object]:
     """One JSON line: `--mode raw|recorded` at `n` customers (DESIGN: docs/benchmarks.md)."""
     with tempfile.TemporaryDirectory() as tmp:
-        server = PrometheusServer(Path(tmp))
+        # Backfilling the rules runs them as range queries over the whole 4 h: allow them time.
+        server = PrometheusServer(Path(tmp), extra_args=("--query.timeout=30m",))
         end = float(int(time.time()))
         server.load(openmetrics({"bench": customers(n)}, end, duration=4 * HOUR, step=60, histograms=False))
         server.start()

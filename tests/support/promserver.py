@@ -49,6 +49,7 @@ class PrometheusServer:
     web_config: Path | None = None
     ca_file: Path | None = None
     auth_headers: dict[str, str] | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -71,7 +72,7 @@ class PrometheusServer:
         restarts on the new blocks between levels."""
         for level in levels:
             out = self.workdir / "backfill"
-            subprocess.run(
+            done = subprocess.run(
                 [
                     PROMTOOL,
                     "tsdb",
@@ -84,9 +85,11 @@ class PrometheusServer:
                     "--quiet",
                     str(level),
                 ],
-                check=True,
                 capture_output=True,
+                text=True,
             )
+            if done.returncode != 0:
+                raise RuntimeError(f"promtool backfill of {level.name} failed: {done.stderr[-2000:]}")
             self.stop()
             for block in out.iterdir():
                 block.rename(self.workdir / "data" / block.name)
@@ -106,6 +109,7 @@ class PrometheusServer:
                 "--storage.tsdb.retention.time=30d",
                 "--query.lookback-delta=5m",
                 *([f"--web.config.file={self.web_config}"] if self.web_config else []),
+                *self.extra_args,
             ],
             stdout=log,
             stderr=log,
