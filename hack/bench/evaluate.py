@@ -62,6 +62,20 @@ def queries_sent() -> float:
     return sum(s.value for m in metrics.QUERIES.collect() for s in m.samples if s.name.endswith("_total"))
 
 
+def patron_peak_rss_mib(tmp: Path, body: dict[str, object], url: str, at: datetime) -> float:
+    """VmHWM of a fresh `patron evaluate` of `body` at `at`: per address space, so unlike ru_maxrss
+    it does not inherit this big process' peak."""
+    path = tmp / "slo.yaml"
+    path.write_text(yaml.safe_dump(body))
+    args = ["evaluate", "-f", str(path), "--prometheus", url, "--at", at.isoformat(), "-o", "json"]
+    peak = (
+        "import sys; from patron.cli import main; main(sys.argv[1:]); "
+        "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')), file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", peak, *args], check=True, capture_output=True, text=True)
+    return int(done.stderr.split()[-2]) / 1024
+
+
 def bench(n: int, repeat: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         server = PrometheusServer(Path(tmp))
@@ -92,16 +106,7 @@ def bench(n: int, repeat: int) -> dict[str, float]:
             assess(spec, plan, results)
             assess_s = time.perf_counter() - t0
             assert a.active_count == n and len(a.impacted) == max(1, n // 20), (a.active_count, len(a.impacted))
-            path = Path(tmp) / "slo.yaml"
-            path.write_text(yaml.safe_dump(body))
-            args = ["evaluate", "-f", str(path), "--prometheus", server.url, "--at", at.isoformat(), "-o", "json"]
-            # VmHWM is per address space, so unlike ru_maxrss it does not inherit this big process' peak.
-            peak = (
-                "import sys; from patron.cli import main; main(sys.argv[1:]); "
-                "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')), file=sys.stderr)"
-            )
-            done = subprocess.run([sys.executable, "-c", peak, *args], check=True, capture_output=True, text=True)
-            rss_mib = int(done.stderr.split()[-2]) / 1024
+            rss_mib = patron_peak_rss_mib(Path(tmp), body, server.url, at)
         finally:
             server.stop()
     return {
@@ -189,14 +194,7 @@ def run_mode(n: int, mode: str, repeat: int) -> dict[str, object]:
             assess(spec, plan, results)
             assess_s = time.perf_counter() - t0
             series = prom.query('count({__name__!=""})', at)[0][1]
-            path = Path(tmp) / "slo.yaml"
-            path.write_text(yaml.safe_dump(body))
-            args = ["evaluate", "-f", str(path), "--prometheus", server.url, "--at", at.isoformat(), "-o", "json"]
-            peak = (
-                "import sys; from patron.cli import main; main(sys.argv[1:]); "
-                "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')), file=sys.stderr)"
-            )
-            done = subprocess.run([sys.executable, "-c", peak, *args], check=True, capture_output=True, text=True)
+            rss_mib = patron_peak_rss_mib(Path(tmp), body, server.url, at)
             assert server.process is not None
             prometheus_rss = _rss_mib(server.process.pid, "VmHWM")
         finally:
@@ -208,7 +206,7 @@ def run_mode(n: int, mode: str, repeat: int) -> dict[str, object]:
         "queries": max(sent),
         "bytes_downloaded": max(sizes),
         "assess_s": round(assess_s, 3),
-        "patron_peak_rss_mib": round(int(done.stderr.split()[-2]) / 1024, 1),
+        "patron_peak_rss_mib": round(rss_mib, 1),
         "rule_group_eval_s": {k: round(v, 3) for k, v in rule_eval.items()},
         "prometheus_peak_rss_mib": round(prometheus_rss, 1),
         "series": int(series),
