@@ -16,6 +16,7 @@ from typing import Any, cast
 import yaml
 
 from patron.config import OperatorConfig, split_list
+from patron.impact.connection import Connection
 from patron.text import printable, table
 
 
@@ -47,6 +48,10 @@ def _manifest_namespace(manifest: dict[str, Any]) -> str:
     return str((manifest.get("metadata") or {}).get("namespace") or "default")
 
 
+def _manifest_name(manifest: dict[str, Any]) -> str:
+    return str((manifest.get("metadata") or {}).get("name") or "")
+
+
 def _label_name(text: str) -> str:
     from patron.api.tenancy import check_label_name
 
@@ -66,6 +71,46 @@ def _add_namespace_label(parser: argparse.ArgumentParser) -> None:
         help='tenancy: add LABEL="<the CustomerSLO\'s namespace>" to every selector and refuse selectors that '
         "set LABEL otherwise (default: $PATRON_ENFORCE_NAMESPACE_LABEL; unset: off)",
     )
+
+
+def _add_connection(parser: argparse.ArgumentParser, target: str) -> None:
+    """--<target>-ca-file, -bearer-token-file, -basic-auth-file, -header; env PATRON_<TARGET>_CA_FILE etc."""
+    env = f"PATRON_{target.upper()}_"
+    for option, what in (
+        ("ca-file", "PEM CA bundle to verify its TLS certificate (default: the system's)"),
+        ("bearer-token-file", "file holding a bearer token, re-read at every request"),
+        ("basic-auth-file", "file holding user:password for basic auth, re-read at every request"),
+    ):
+        variable = env + option.upper().replace("-", "_")
+        parser.add_argument(
+            f"--{target}-{option}", metavar="FILE", default=os.environ.get(variable), help=f"{what} (${variable})"
+        )
+    headers = os.environ.get(env + "HEADERS")
+    parser.add_argument(
+        f"--{target}-header",
+        action="append",
+        metavar="'NAME: VALUE'",
+        default=[h for h in headers.splitlines() if h.strip()] if headers else None,
+        help=f"extra request header, repeatable, e.g. 'X-Scope-OrgID: team-a' (${env}HEADERS, one per line)",
+    )
+
+
+def _connection(args: argparse.Namespace, target: str) -> Connection:
+    from patron.impact.connection import ConnectionOptionError, parse_header
+
+    def get(option: str) -> Any:
+        return getattr(args, f"{target}_{option}")
+
+    try:
+        return Connection(
+            flag=f"--{target}",
+            ca_file=get("ca_file"),
+            bearer_token_file=get("bearer_token_file"),
+            basic_auth_file=get("basic_auth_file"),
+            headers=tuple(parse_header(h) for h in get("header") or ()),
+        )
+    except ConnectionOptionError as err:
+        raise SystemExit(printable(f"error: {err}")) from None
 
 
 def _priority(value: str | None, peering: str | None) -> int:
@@ -100,6 +145,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         priority=_priority(args.priority, args.peering),
         release_give_up=release_give_up,
         namespace_label=args.namespace_label,
+        prometheus_connection=_connection(args, "prometheus"),
+        alertmanager_connection=_connection(args, "alertmanager"),
     )
     # Kopf's own formatters: FULL for people, JSON (one object per line, with the object's
     # namespace/name) for log pipelines.
@@ -134,7 +181,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     at = _parse_time(args.at) if args.at else datetime.now(UTC)
     try:
         spec = parse_spec(manifest.get("spec") or {}, args.namespace_label, _manifest_namespace(manifest))
-        assessment = evaluate(spec, Prometheus(args.prometheus), at)
+        slo = f"{_manifest_namespace(manifest)}/{_manifest_name(manifest)}"
+        assessment = evaluate(spec, Prometheus(args.prometheus, connection=_connection(args, "prometheus")), at, slo)
     except DataProblem as problem:
         print(printable(f"error: {problem.reason}: {problem.message}"), file=sys.stderr)
         return 2
@@ -263,7 +311,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     counts, data = None, IncidentData()
     window = report_time(obj, datetime.now(UTC))
     if window and args.prometheus:
-        counts, data = _incident_data(Prometheus(args.prometheus), spec, namespace, name, window)
+        counts, data = _incident_data(
+            Prometheus(args.prometheus, connection=_connection(args, "prometheus")), spec, namespace, name, window
+        )
     report = build_report(obj, events, counts, spec, data)
     text = render_html(report) if args.output == "html" else render(report, args.output)
     if args.file:
@@ -288,7 +338,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         spec = parse_spec(manifest.get("spec") or {}, args.namespace_label, namespace)
         steps = replay(
             spec,
-            Prometheus(args.prometheus),
+            Prometheus(args.prometheus, connection=_connection(args, "prometheus")),
             _parse_time(args.start),
             _parse_time(args.end),
             timedelta(seconds=parse_duration(args.step)),
@@ -303,6 +353,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(printable(f"error: {err}"), file=sys.stderr)
         return 2
     print(render(steps, args.output), end="")
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from patron.impact.assess import DataProblem
+    from patron.impact.rules import prometheus_rule, rule_file
+    from patron.reconcile import parse_spec
+
+    manifest = _load_manifest(args.file)
+    namespace, name = _manifest_namespace(manifest), _manifest_name(manifest)
+    if not name:
+        raise SystemExit(f"error: {args.file}: metadata.name is required (it names the recorded series)")
+    try:
+        spec = parse_spec(manifest.get("spec") or {}, args.namespace_label, namespace)
+    except DataProblem as problem:
+        raise SystemExit(printable(f"error: {problem.message}")) from None
+    build = prometheus_rule if args.output == "prometheusrule" else rule_file
+    print(yaml.safe_dump(build(spec, namespace, name), sort_keys=False, width=1 << 16, allow_unicode=True), end="")
     return 0
 
 
@@ -348,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-format", choices=("plain", "json"), default=os.environ.get("PATRON_LOG_FORMAT", "plain"))
     _add_namespace_label(run)
+    _add_connection(run, "prometheus")
+    _add_connection(run, "alertmanager")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
 
@@ -357,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--at", help="evaluation time, RFC 3339 (default: now)")
     ev.add_argument("-o", "--output", choices=("json", "table"), default="table")
     _add_namespace_label(ev)
+    _add_connection(ev, "prometheus")
     ev.set_defaults(func=cmd_evaluate)
 
     rep = sub.add_parser("report", help="post-mortem of a CustomerSLO's current or last incident")
@@ -378,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--file", help="write the report to FILE instead of stdout")
     _add_namespace_label(rep)
+    _add_connection(rep, "prometheus")
     rep.set_defaults(func=cmd_report)
 
     rp = sub.add_parser("replay", help="backtest a CustomerSLO over a past period with the operator's engine")
@@ -394,7 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("-o", "--output", choices=("json", "table"), default="table")
     _add_namespace_label(rp)
+    _add_connection(rp, "prometheus")
     rp.set_defaults(func=cmd_replay)
+
+    ru = sub.add_parser("rules", help="print a CustomerSLO's recording rules (rule file or PrometheusRule)")
+    ru.add_argument("-f", "--file", required=True, help="manifest path, or - for stdin")
+    ru.add_argument("-o", "--output", choices=("rulefile", "prometheusrule"), default="rulefile")
+    _add_namespace_label(ru)
+    ru.set_defaults(func=cmd_rules)
     return parser
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from patron.impact.connection import Connection
 
 # On delete, Patron tries to give back what it holds for this long (seconds) after the
 # deletionTimestamp, then lets the CustomerSLO go with a ReleaseAbandoned Warning Event.
@@ -23,6 +25,8 @@ class OperatorConfig:
     priority: int = 0  # Kopf peering priority; replicas must differ, or Kopf pauses them all
     release_give_up: float = RELEASE_GIVE_UP  # --release-give-up
     namespace_label: str | None = None  # tenancy: every selector gets <label>="<its CustomerSLO's namespace>"
+    prometheus_connection: Connection = field(default_factory=Connection)
+    alertmanager_connection: Connection = field(default_factory=lambda: Connection("--alertmanager"))
 
 
 def split_list(values: list[str] | None) -> tuple[str, ...]:

@@ -55,9 +55,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Kopf retries listing them for about a minute before falling back to exactly those names.
     if config.namespaces and not any(set("*?!,") & set(ns) for ns in config.namespaces):
         settings.scanning.disabled = True
-    memo.prometheus = Prometheus(config.prometheus_url, timeout=config.prometheus_timeout)
+    memo.prometheus = Prometheus(config.prometheus_url, config.prometheus_timeout, config.prometheus_connection)
     memo.kube = K8s(api_client())
-    memo.alerts = AlertmanagerClient(config.alertmanager_urls) if config.alertmanager_urls else None
+    memo.alerts = (
+        AlertmanagerClient(config.alertmanager_urls, connection=config.alertmanager_connection)
+        if config.alertmanager_urls
+        else None
+    )
     if memo.alerts is not None:
         memo.alerts.start()
 
@@ -155,7 +159,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
         assessment: Assessment | None = None
         try:
             spec = parse_spec(obj.get("spec") or {}, memo.config.namespace_label, namespace)
-            assessment = await evaluate_now(spec, memo.prometheus)
+            assessment = await evaluate_now(spec, memo.prometheus, f"{namespace}/{name}")
             outcome = evaluated(spec, previous, assessment, generation, now)
             metrics.IMPACTED.labels(namespace, name).set(len(assessment.impacted))
             metrics.EVALUATIONS.labels(outcome="Evaluated").inc()

@@ -78,7 +78,7 @@ def replay(
     out = []
     for at in instants(start, end, step):
         try:
-            assessment = evaluate(spec, prometheus, at)
+            assessment = evaluate(spec, prometheus, at, f"{namespace}/{name}")
             outcome = evaluated(spec, status, assessment, None, at)
             problem = None
         except DataProblem as err:

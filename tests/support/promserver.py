@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -20,11 +21,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 60.0) -> None:
+def wait_http(
+    url: str, timeout: float = 60.0, headers: dict[str, str] | None = None, context: ssl.SSLContext | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=2, context=context) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -41,10 +45,15 @@ class PrometheusServer:
     workdir: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    # Prometheus' --web.config.file (TLS, basic auth), with what a client then needs to get in.
+    web_config: Path | None = None
+    ca_file: Path | None = None
+    auth_headers: dict[str, str] | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
 
     def load(self, openmetrics_text: str) -> None:
         data = self.workdir / "data"
@@ -56,6 +65,35 @@ class PrometheusServer:
             capture_output=True,
         )
         source.unlink()
+
+    def backfill_rules(self, levels: list[Path], start: float, end: float) -> None:
+        """Evaluate recording rules over [start, end] into blocks (`promtool tsdb create-blocks-from
+        rules`), one rule file per level in order: a level reads the one before it, so Prometheus
+        restarts on the new blocks between levels."""
+        for level in levels:
+            out = self.workdir / "backfill"
+            done = subprocess.run(
+                [
+                    PROMTOOL,
+                    "tsdb",
+                    "create-blocks-from",
+                    "rules",
+                    f"--url={self.url}",
+                    f"--start={start:.0f}",
+                    f"--end={end:.0f}",
+                    f"--output-dir={out}",
+                    "--quiet",
+                    str(level),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"promtool backfill of {level.name} failed: {done.stderr[-2000:]}")
+            self.stop()
+            for block in out.iterdir():
+                block.rename(self.workdir / "data" / block.name)
+            self.start()
 
     def start(self) -> None:
         config = self.workdir / "prometheus.yml"
@@ -70,11 +108,14 @@ class PrometheusServer:
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--storage.tsdb.retention.time=30d",
                 "--query.lookback-delta=5m",
+                *([f"--web.config.file={self.web_config}"] if self.web_config else []),
+                *self.extra_args,
             ],
             stdout=log,
             stderr=log,
         )
-        wait_http(f"{self.url}/-/ready")
+        context = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else None
+        wait_http(f"{self.url}/-/ready", headers=self.auth_headers, context=context)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from patron import metrics
+from patron.impact.connection import Connection, ConnectionOptionError
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,10 @@ class AlertmanagerClient:
         batch_size: int = 500,
         timeout: float = 10.0,
         backoff: tuple[float, float] = (0.5, 10.0),
+        connection: Connection | None = None,
     ) -> None:
         self.urls = tuple(u.rstrip("/") for u in urls)
+        self.connection = connection or Connection("--alertmanager")
         self.queues = {url: AlertQueue(capacity) for url in self.urls}
         self.batch_size = batch_size
         self.timeout = timeout
@@ -127,7 +130,10 @@ class AlertmanagerClient:
 
     def start(self) -> None:
         """Start the senders on the running event loop."""
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            connector=aiohttp.TCPConnector(ssl=self.connection.ssl_context()),
+        )
         self._tasks = [asyncio.create_task(self._deliver(url), name=f"alertmanager {url}") for url in self.urls]
 
     async def close(self, flush_timeout: float = 5.0) -> None:
@@ -162,7 +168,7 @@ class AlertmanagerClient:
                 log.error("Alertmanager %s rejected %d alerts, not retried: %s", url, len(batch), err)
                 metrics.ACTIONS.labels(action="alert", result="rejected").inc(len(batch))
                 queue.delivered(batch)
-            except (aiohttp.ClientError, TimeoutError) as err:
+            except (aiohttp.ClientError, TimeoutError, OSError, ConnectionOptionError) as err:
                 metrics.ACTIONS.labels(action="alert", result="retry").inc()
                 log.warning(
                     "Alertmanager %s unreachable (%s); %d alerts queued, retry in %.1fs",
@@ -180,7 +186,9 @@ class AlertmanagerClient:
 
     async def _post(self, url: str, batch: Sequence[Alert]) -> None:
         assert self._session is not None, "start() first"
-        async with self._session.post(f"{url}/api/v2/alerts", json=[a.to_json() for a in batch]) as resp:
+        payload = [a.to_json() for a in batch]
+        headers = self.connection.request_headers()  # token files are re-read: rotation
+        async with self._session.post(f"{url}/api/v2/alerts", json=payload, headers=headers) as resp:
             body = await resp.text()
             if resp.status == 429 or resp.status >= 500:
                 raise aiohttp.ClientResponseError(

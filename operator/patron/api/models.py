@@ -370,6 +370,23 @@ class Actions(Model):
     rollback: RollbackAction | None = None
 
 
+class RecordingRules(Model):
+    """Patron's own recording rules (`patron rules`): read for every window they cover, raw otherwise."""
+
+    enabled: bool = Field(
+        default=False,
+        description='Read Patron\'s recorded series (patron:*, customerslo="<ns>/<name>") for every window '
+        "they cover; windows they do not cover yet are read raw and named in the Ready message.",
+    )
+    labels: dict[Annotated[str, Field(pattern=LABEL_NAME_PATTERN)], Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=dict,
+        description="Labels on the PrometheusRule so that the user's Prometheus selects it.",
+    )
+    interval: Duration = Field(
+        default="30s", description="How often the shortest-window rules are evaluated; longer levels run coarser."
+    )
+
+
 class CustomerSLOSpec(Model):
     """A per-customer SLO: which customers a service hurts, and what Patron does about it."""
 
@@ -391,6 +408,7 @@ class CustomerSLOSpec(Model):
         default="10m", description="Impact must stay gone this long before actions are reverted."
     )
     dry_run: bool = Field(default=False, description="Decide, record and report; change nothing.")
+    recording_rules: RecordingRules = Field(default_factory=RecordingRules)
 
     @property
     def error_budget(self) -> float:

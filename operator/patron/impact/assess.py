@@ -145,12 +145,26 @@ def _errors_note(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, S
     return [f"no series match {bad.render()} yet: counted as zero errors"]
 
 
+def _ages(spec: CustomerSLOSpec, plan: QueryPlan, series: Series) -> tuple[float, dict[str, float]]:
+    """(age of the newest sample, age per customer) from FRESHNESS.
+
+    Bounded plans list only the customers without a fresh sample, and the newest age unlabelled;
+    a customer they do not list is fresh (age 0 here).
+    """
+    ages = by_label(series, spec.customer_label)
+    if not plan.bounded:
+        return min(ages.values(), default=math.inf), ages
+    newest = min((v for labels, v in series if not labels.get(spec.customer_label)), default=math.inf)
+    return newest, ages
+
+
 def _freshness(
-    spec: CustomerSLOSpec, ages: Mapping[str, float], seen: int, active: Sequence[str]
+    spec: CustomerSLOSpec, newest: float, ages: Mapping[str, float], seen: int, active: Sequence[str], bounded: bool
 ) -> tuple[float, list[str]]:
     """(age of the newest sample, active customers without a fresh sample), or DataProblem.
 
-    `ages`: seconds since each customer's newest total sample; `seen`: customers in total[L].
+    `ages`: seconds since each customer's newest total sample (bounded: of the stale ones only);
+    `seen`: customers in total[L].
 
     Fresh: c's newest total sample is at most impact.staleAfter old (and within Prometheus' lookback,
     else the freshness query returns nothing for c). With no fresh sample at all: StaleData (NoData
@@ -158,19 +172,18 @@ def _freshness(
     customers are not fresh: PartialData (one fresh target must not hide the stale ones).
     """
     stale_after = parse_duration(spec.impact.stale_after)
-    newest = min(ages.values(), default=math.inf)
     if newest > stale_after:
         total, _, _ = series_selectors(spec)
-        if not ages and not seen:
+        if newest == math.inf and not seen:
             raise DataProblem(
                 "NoData",
                 f"no current samples match {total.render()} with a {spec.customer_label} label; "
                 "check the selectors and customerLabel",
             )
-        if not ages:
+        if newest == math.inf:
             raise DataProblem("StaleData", f"no current sample of {total.render()} for any of {seen} customers")
         raise DataProblem("StaleData", f"the newest sample is {newest:.0f}s old (impact.staleAfter is {stale_after}s)")
-    stale = [c for c in active if ages.get(c, math.inf) > stale_after]
+    stale = [c for c in active if ages.get(c, 0.0 if bounded else math.inf) > stale_after]
     limit = spec.impact.max_stale_fraction
     if active and len(stale) / len(active) > limit:
         raise DataProblem(
@@ -246,6 +259,8 @@ def assess(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]
     """
     _check_values(results)
     notes = _errors_note(spec, plan, results)
+    if plan.raw:
+        notes.append(f"read raw, not yet covered by the recording rules: {', '.join(plan.raw)}")
     label = spec.customer_label
     _, _, bad_is_good = series_selectors(spec)
     totals = {key: by_label(results.get(key, ()), label) for key in results if key.startswith("total[")}
@@ -272,7 +287,8 @@ def assess(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]
         for c, rate_l in long_.rates.items()
         if rate_l >= spec.customers.min_request_rate and not any(p.search(c) for p in ignore)
     ]
-    age, stale = _freshness(spec, by_label(results.get(FRESHNESS, ()), label), len(long_.rates), active)
+    newest, ages = _ages(spec, plan, results.get(FRESHNESS, ()))
+    age, stale = _freshness(spec, newest, ages, len(long_.rates), active, plan.bounded)
     unknown = set(stale)
     if stale:
         notes.append(

@@ -9,20 +9,32 @@ from datetime import datetime
 from patron.api.models import CustomerSLOSpec
 from patron.impact.assess import Assessment, assess
 from patron.impact.prometheus import Prometheus
-from patron.impact.queries import plan_queries
+from patron.impact.queries import QueryPlan, plan_queries
+from patron.impact.rules import coverage_query, covered_reads, with_recorded
 
 
-def evaluate(spec: CustomerSLOSpec, prometheus: Prometheus, at: datetime | None = None) -> Assessment:
+def evaluate(
+    spec: CustomerSLOSpec, prometheus: Prometheus, at: datetime | None = None, slo: str | None = None
+) -> Assessment:
+    """`slo` ("<ns>/<name>"): with spec.recordingRules.enabled, read its recorded series where they cover."""
     plan = plan_queries(spec)
+    if slo is not None and spec.recording_rules.enabled:
+        plan = with_recorded(spec, slo, plan, covered_reads(prometheus.query(coverage_query(spec, slo, plan), at)))
     return assess(spec, plan, prometheus.run(plan, at))
 
 
-async def evaluate_now(spec: CustomerSLOSpec, prometheus: Prometheus) -> Assessment:
-    """The operator's evaluation: now, queries concurrent, budget-window results reused for a while.
+async def evaluate_now(
+    spec: CustomerSLOSpec, prometheus: Prometheus, slo: str | None = None, at: datetime | None = None
+) -> Assessment:
+    """The operator's evaluation: now (`at` only for benchmarks of backfilled data), queries
+    concurrent, budget-window results reused for a while.
 
     `assess` runs in a worker thread: for thousands of customers it takes long enough to stall
     every other CustomerSLO on the event loop.
     """
-    plan = plan_queries(spec)
-    results = await prometheus.run_async(plan)
+    plan: QueryPlan = plan_queries(spec)
+    if slo is not None and spec.recording_rules.enabled:
+        coverage = await prometheus.query_async(coverage_query(spec, slo, plan), at)
+        plan = with_recorded(spec, slo, plan, covered_reads(coverage))
+    results = await prometheus.run_async(plan, at)
     return await asyncio.to_thread(assess, spec, plan, results)

@@ -13,6 +13,7 @@ from requests import RequestException
 
 from patron import metrics
 from patron.impact.assess import DataProblem, Series
+from patron.impact.connection import Connection, ConnectionOptionError
 from patron.impact.queries import BUDGET_REFRESH, QueryPlan
 
 DEFAULT_TIMEOUT = 10.0
@@ -23,10 +24,12 @@ RangeSeries = list[tuple[dict[str, str], list[tuple[float, float]]]]
 class Prometheus:
     """A Prometheus HTTP API endpoint. Errors become DataProblem('PrometheusUnavailable' | 'QueryFailed')."""
 
-    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT, connection: Connection | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.connection = connection or Connection()
         self._client = PrometheusConnect(url=self.url, disable_ssl=False, timeout=timeout)
+        self._client._session.verify = self.connection.verify()
         self._budget_cache: dict[str, tuple[float, Series]] = {}
 
     def query(self, promql: str, at: datetime | None = None) -> Series:
@@ -46,8 +49,9 @@ class Prometheus:
         """Run one API request; errors as DataProblem, counted and timed in patron_prometheus_query_*."""
         started = time.monotonic()
         try:
+            self._client.headers = self.connection.request_headers()  # token files are re-read: rotation
             data = request()
-        except RequestException as err:
+        except (RequestException, OSError, ConnectionOptionError) as err:
             metrics.QUERIES.labels(outcome="unavailable").inc()
             raise DataProblem("PrometheusUnavailable", f"Prometheus at {self.url} did not answer: {err}") from err
         except PrometheusApiClientException as err:
@@ -61,7 +65,11 @@ class Prometheus:
     def run(self, plan: QueryPlan, at: datetime | None = None) -> dict[str, Series]:
         return {name: self.query(promql, at) for name, promql in plan.queries.items()}
 
-    async def run_async(self, plan: QueryPlan) -> dict[str, Series]:
+    async def query_async(self, promql: str, at: datetime | None = None) -> Series:
+        """One instant query (now by default), in a worker thread, bounded by the timeout."""
+        return await self._in_thread(self.query, promql, at)
+
+    async def run_async(self, plan: QueryPlan, at: datetime | None = None) -> dict[str, Series]:
         """Run the plan's queries now, concurrently in worker threads, each bounded by the timeout.
 
         Budget-window results younger than BUDGET_REFRESH are reused (keyed by PromQL, so CustomerSLOs
@@ -75,7 +83,7 @@ class Prometheus:
         }
         names = [n for n in plan.queries if n not in reused]
         results = await asyncio.gather(
-            *(self._in_thread(self.query, plan.queries[n], None) for n in names), return_exceptions=True
+            *(self._in_thread(self.query, plan.queries[n], at) for n in names), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):

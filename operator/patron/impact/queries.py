@@ -6,7 +6,8 @@ query per series kind and window, so a 10,000-customer SLO costs as many queries
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from patron.api.durations import format_duration, parse_duration
 from patron.api.models import CustomerSLOSpec
@@ -19,6 +20,15 @@ ERRORS_SEEN = "errors seen"
 
 
 @dataclass(frozen=True)
+class Read:
+    """What a rate query reads: `kind` ("total" or "bad") over `window` seconds, `offset` seconds ago."""
+
+    kind: str
+    window: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
 class QueryPlan:
     """Named PromQL queries; names are stable keys the math reads results by."""
 
@@ -27,6 +37,11 @@ class QueryPlan:
     # Queries over the budget window alone: the costliest (30d by default), used only for
     # budgetRemaining, never for a decision, so a live operator may reuse them for BUDGET_REFRESH.
     budget_only: frozenset[str] = frozenset()
+    reads: Mapping[str, Read] = field(default_factory=dict)  # the rate queries, by name
+    raw: tuple[str, ...] = ()  # spellings of the windows read raw although recording rules are enabled
+    # Bounded: every query but the active one (total[L]) returns only candidates (customers over a
+    # burn threshold or storming); FRESHNESS then returns the stale customers and the newest age.
+    bounded: bool = False
 
 
 def total_key(window: int, offset: int = 0) -> str:
@@ -88,15 +103,18 @@ def plan_queries(spec: CustomerSLOSpec) -> QueryPlan:
     }
     budget = parse_duration(spec.window)
     windows = sorted(impact_windows | {budget})
-    queries: dict[str, str] = {}
+    reads: dict[str, Read] = {}
     for w in windows:
-        queries[total_key(w)] = _rate(total, label, w)
-        # Absent errors mean zero errors, so only customers with errors (or NaN) need sending back.
-        queries[bad_key(w)] = _rate(bad, label, w) + ("" if bad_is_good else " != 0")
+        reads[total_key(w)] = Read("total", w)
+        reads[bad_key(w)] = Read("bad", w)
     long_ = parse_duration(spec.first_window.long)
     baseline = parse_duration(spec.impact.retry_storm.baseline)
     for offset in sorted({long_, baseline}):
-        queries[total_key(long_, offset)] = _rate(total, label, long_, offset)
+        reads[total_key(long_, offset)] = Read("total", long_, offset)
+    queries = {
+        name: _rate(total if r.kind == "total" else bad, label, r.window, r.offset) + nonzero(r, bad_is_good)
+        for name, r in reads.items()
+    }
     # Customers whose series already existed when the baseline window began: for a younger series
     # rate() spreads a partial increase over the whole window and underestimates the baseline.
     queries[BASELINE_COVERAGE] = f"group by ({label}) ({total.render()} offset {format_duration(long_ + baseline)})"
@@ -107,4 +125,10 @@ def plan_queries(spec: CustomerSLOSpec) -> QueryPlan:
         queries=queries,
         windows=tuple(windows),
         budget_only=frozenset() if budget in impact_windows else frozenset({total_key(budget), bad_key(budget)}),
+        reads=reads,
     )
+
+
+def nonzero(read: Read, bad_is_good: bool) -> str:
+    """Absent errors mean zero errors, so only customers with errors (or NaN) need sending back."""
+    return " != 0" if read.kind == "bad" and not bad_is_good else ""
