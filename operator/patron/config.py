@@ -7,6 +7,8 @@ from dataclasses import dataclass
 # On delete, Patron tries to give back what it holds for this long (seconds) after the
 # deletionTimestamp, then lets the CustomerSLO go with a ReleaseAbandoned Warning Event.
 RELEASE_GIVE_UP = 600.0
+# Evaluations running at once (--max-concurrent-evaluations): suits a small node (docs/operations.md).
+MAX_CONCURRENT_EVALUATIONS = 4
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class OperatorConfig:
     priority: int = 0  # Kopf peering priority; replicas must differ, or Kopf pauses them all
     release_give_up: float = RELEASE_GIVE_UP  # --release-give-up
     namespace_label: str | None = None  # tenancy: every selector gets <label>="<its CustomerSLO's namespace>"
+    max_concurrent_evaluations: int = MAX_CONCURRENT_EVALUATIONS
 
 
 def split_list(values: list[str] | None) -> tuple[str, ...]:
