@@ -147,9 +147,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmHWM") -> float:
+    """VmHWM: the peak resident set; VmRSS: the current one."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -291,7 +292,8 @@ def main() -> int:
             "ready_false_objects": len(ever_false),
             "ready_false_reasons": dict(sorted(Counter(ever_false.values()).items())),
             "operator_cpu_cores": round((cpu_seconds(operator.pid) - op_cpu0) / elapsed, 2),
-            "operator_peak_rss_mib": round(peak_rss_mib(operator.pid)),
+            "operator_peak_rss_mib": round(rss_mib(operator.pid)),
+            "operator_rss_end_mib": round(rss_mib(operator.pid, "VmRSS")),
             "status_writes_per_s": round((status_patches(env) - patches0) / elapsed, 2),
             "prometheus_queries_per_s": round((total(text, "patron_prometheus_queries_total") - queries0) / elapsed, 1),
             "prometheus_cpu_cores": round((cpu_seconds(prom.pid) - prom_cpu0) / elapsed, 2),

@@ -66,7 +66,7 @@ def test_two_shards_with_disjoint_namespaces_never_touch_each_others_objects(
             assert f"[{stranger}/" not in log, log[-3000:]
         # The finalizer and Kopf's annotations on each object are its own shard's only: one each.
         for ns in shards:
-            meta = json.loads(testbed.kubectl("get", "cslo", "svc", "-n", ns, "-o", "json"))["metadata"]
+            meta = json.loads(testbed.kubectl("get", "cslo", "svc", "-n", ns, "-o", "json").stdout)["metadata"]
             assert meta["finalizers"] == ["patron.dev/finalizer"]
         # Deleting one shard's object is handled by that shard alone.
         testbed.kubectl("delete", "cslo", "svc", "-n", other, "--wait=true", "--timeout=60s")
