@@ -29,8 +29,10 @@ from patron.text import printable
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
-# A status whose only change is lastEvaluationTime is still written this often, as a heartbeat.
+# A status whose only change is lastEvaluationTime is still written this often, as a heartbeat;
+# in a large fleet less often, so that heartbeats add up to at most HEARTBEATS_PER_SECOND writes.
 HEARTBEAT_SECONDS = 60.0
+HEARTBEATS_PER_SECOND = 1.0
 # A resumed CustomerSLO (operator start, peering takeover) is first due within this many seconds
 # (at most its interval), spread uniformly: a restart does not evaluate the whole fleet at once.
 RESUME_SPREAD = 10.0
@@ -243,15 +245,21 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger, lag: f
         context = _context(obj, memo, logger, now)
         outcome = await act(context, spec, assessment, outcome)
         metrics.observe(namespace, name, outcome.status, time.monotonic() - started)
-        if _worth_writing(context.writer.current, outcome.status, now):
+        heartbeat = heartbeat_seconds(len(memo.fleet.members))
+        if _worth_writing(context.writer.current, outcome.status, now, heartbeat):
             await context.writer.write(outcome.status)
         for event in outcome.events:
             _post(obj, event)
 
 
-def _worth_writing(previous: dict[str, Any], status: dict[str, Any], now: datetime) -> bool:
+def heartbeat_seconds(objects: int) -> float:
+    """max(HEARTBEAT_SECONDS, objects / HEARTBEATS_PER_SECOND): 60 s up to 60 CustomerSLOs, 1,000 s for 1,000."""
+    return max(HEARTBEAT_SECONDS, objects / HEARTBEATS_PER_SECOND)
+
+
+def _worth_writing(previous: dict[str, Any], status: dict[str, Any], now: datetime, heartbeat: float) -> bool:
     """Write when something material changed, or as a heartbeat of lastEvaluationTime."""
     if material(previous) != material(status):
         return True
     last = previous.get("lastEvaluationTime")
-    return last is None or (now - parse_timestamp(last)).total_seconds() >= HEARTBEAT_SECONDS
+    return last is None or (now - parse_timestamp(last)).total_seconds() >= heartbeat
