@@ -162,3 +162,11 @@ def test_scheduler_runs_due_objects_with_the_limit_and_picks_up_new_ones_at_once
     started, peak = asyncio.run(main())
     assert started == ["a", "b", "c", "boom", "late"]
     assert peak == 2
+
+
+def test_heartbeat_writes_add_up_to_at_most_one_per_second_fleet_wide() -> None:
+    from patron.handlers import HEARTBEAT_SECONDS, heartbeat_seconds
+
+    assert heartbeat_seconds(1) == heartbeat_seconds(60) == HEARTBEAT_SECONDS
+    for objects in (61, 200, 1000, 5000):
+        assert objects / heartbeat_seconds(objects) <= 1.0
