@@ -3,8 +3,8 @@
 # The tag should equal the chart's appVersion (charts/patron/Chart.yaml), which the chart uses by default.
 #
 # Stage 1 builds the patron wheel and installs it, with its dependencies pinned by constraints.txt,
-# into a virtual environment. Stage 2 is a clean slim image with only that environment: no build
-# tools, no pip cache, no sources.
+# into a virtual environment (then drops pip and setuptools from it). Stage 2 is a clean slim image
+# with only that environment: no build tools, no pip, no sources.
 ARG PYTHON_IMAGE=python:3.11.14-slim-trixie
 
 FROM ${PYTHON_IMAGE} AS build
@@ -17,7 +17,8 @@ COPY operator/ operator/
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/patron \
  && /opt/patron/bin/pip install --constraint constraints.txt /wheels/patron-*.whl \
- && /opt/patron/bin/patron --help >/dev/null
+ && /opt/patron/bin/patron --help >/dev/null \
+ && /opt/patron/bin/python -m pip uninstall --quiet --yes pip setuptools
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="patron" \

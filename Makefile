@@ -9,12 +9,13 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 XDIST = -n $(PYTEST_WORKERS) --dist loadfile
 
-.PHONY: help venv tools testbed-up testbed-down lint typecheck crd unit test test-fast demo clean
+.PHONY: help venv tools testbed-up testbed-down lint typecheck crd unit test test-fast test-image demo clean
 
 help:
 	@echo "make demo       - the whole story on a local test bed (see README.md)"
 	@echo "make test       - lint, type check and every test (unit, Prometheus, e2e)"
 	@echo "make test-fast  - unit tests and fast e2e tests (-m 'not slow')"
+	@echo "make test-image - build the container image with buildah and run it on the test bed"
 	@echo "make tools      - build the pinned test-bed binaries (kube-apiserver, kwok, helm, etcd)"
 	@echo "make testbed-up / testbed-down"
 
@@ -49,11 +50,15 @@ crd: venv
 unit: venv
 	$(VENV)/bin/pytest -m "unit" $(PYTEST_ARGS)
 
+# The image tests (-m image) build the container image (minutes, needs buildah): make test-image.
 test: venv tools lint typecheck
-	$(VENV)/bin/pytest $(XDIST) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(XDIST) -m "not image" $(PYTEST_ARGS)
 
 test-fast: venv tools
-	$(VENV)/bin/pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(XDIST) -m "not slow and not image" $(PYTEST_ARGS)
+
+test-image: venv tools
+	$(VENV)/bin/pytest -m image $(PYTEST_ARGS)
 
 demo: venv tools
 	hack/demo.sh $(DEMO_ARGS)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local test bed: a real control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler), kwok with fake Nodes, Prometheus, Alertmanager and a webhook receiver, all on
-# free loopback ports, no containers. See docs/testbed.md.
+# kube-scheduler), kwok with fake Nodes, Prometheus, Alertmanager and a webhook receiver, and the
+# envoyproxy/ratelimit service (with its redis-server and a kubelet-style mirror of its ConfigMap),
+# all on free loopback ports, no containers. See docs/testbed.md.
 #
 #   hack/testbed.sh up                 start what is not running (idempotent); print `export` lines
 #   hack/testbed.sh down               stop every test-bed process and delete the state directory
@@ -10,6 +11,9 @@
 #   hack/testbed.sh stop NAME...       stop components, keeping their ports and data
 #   hack/testbed.sh start NAME...      start stopped components again and wait until they are ready
 #   hack/testbed.sh restart NAME...    stop, then start
+#   hack/testbed.sh ratelimit-config NAMESPACE/NAME
+#                                      mirror this ConfigMap into the ratelimit service (default
+#                                      shop/ratelimit-config); restarts the mirror
 #
 # Progress goes to stderr; stdout carries only the `export` lines, so `eval "$(hack/testbed.sh up)"`
 # works. Environment: PATRON_TESTBED_DIR (state, default <repo>/.testbed), PATRON_ETCD=debian (use
@@ -22,7 +26,8 @@ STATE=${PATRON_TESTBED_DIR:-$ROOT/.testbed}
 mkdir -p "$(dirname "$STATE")"
 STATE=$(cd "$(dirname "$STATE")" && pwd)/$(basename "$STATE")
 TIMEOUT=${PATRON_TESTBED_TIMEOUT:-60}
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok prometheus alertmanager alert-receiver)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok prometheus alertmanager alert-receiver
+  redis ratelimit-mirror ratelimit)
 NODES=3
 
 PKI=$STATE/pki
@@ -31,6 +36,11 @@ PROM_DIR=$STATE/prometheus
 AM_DIR=$STATE/alertmanager
 ALERT_LOG=$STATE/alerts.jsonl
 AUDIT_LOG=$STATE/audit.log
+# The ratelimit service reads RATELIMIT_RUNTIME/ratelimit/config, where the mirror writes the ConfigMap
+# named in RATELIMIT_SOURCE (NAMESPACE/NAME) the way the kubelet mounts a ConfigMap volume.
+RATELIMIT_RUNTIME=$STATE/ratelimit/runtime
+RATELIMIT_MOUNT=$RATELIMIT_RUNTIME/ratelimit/config
+RATELIMIT_SOURCE=$STATE/ratelimit/source
 
 log() { echo "testbed: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -130,6 +140,17 @@ ALERTMANAGER_PORT=${p[7]}
 RECEIVER_PORT=${p[8]}
 EOF
   fi
+  if ! grep -q '^RATELIMIT_PORT=' "$STATE/ports"; then
+    read -r -a p <<<"$(free_ports 4)"
+    cat >>"$STATE/ports" <<EOF
+REDIS_PORT=${p[0]}
+RATELIMIT_PORT=${p[1]}
+RATELIMIT_GRPC_PORT=${p[2]}
+RATELIMIT_DEBUG_PORT=${p[3]}
+EOF
+  fi
+  mkdir -p "$STATE/ratelimit/redis" "$RATELIMIT_RUNTIME"
+  [ -f "$RATELIMIT_SOURCE" ] || echo shop/ratelimit-config >"$RATELIMIT_SOURCE"
   load_ports
   if [ ! -f "$PKI/sa.key" ]; then
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
@@ -228,6 +249,9 @@ write_env() {
       AUDIT_LOG "$AUDIT_LOG" \
       PROMETHEUS_TARGETS_DIR "$PROM_DIR/targets" \
       PROMETHEUS_RULES_DIR "$PROM_DIR/rules" \
+      RATELIMIT_URL "http://127.0.0.1:$RATELIMIT_PORT" \
+      RATELIMIT_DEBUG_URL "http://127.0.0.1:$RATELIMIT_DEBUG_PORT" \
+      RATELIMIT_GRPC_ADDRESS "127.0.0.1:$RATELIMIT_GRPC_PORT" \
       PATRON_TESTBED_DIR "$STATE" \
       PATRON_TOOLS_BIN "$BIN"
   } >"$STATE/env"
@@ -294,6 +318,34 @@ component_command() {
     alert-receiver)
       CMD=(python3 "$ROOT/hack/alert_receiver.py" --port="$RECEIVER_PORT" --log="$ALERT_LOG")
       ;;
+    redis)
+      # Counters only: no persistence (--save '', no AOF); set-proc-title no keeps the command line
+      # (and so this state directory in it) visible to component_pid.
+      need_debian /usr/bin/redis-server redis-server
+      CMD=(/usr/bin/redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no
+        --dir "$STATE/ratelimit/redis" --set-proc-title no)
+      ;;
+    ratelimit-mirror)
+      CMD=(python3 "$ROOT/hack/configmap_mirror.py" --server="https://127.0.0.1:$APISERVER_PORT"
+        --token-file="$PKI/tokens.csv" --ca-file="$PKI/apiserver.crt"
+        --config-map="$(<"$RATELIMIT_SOURCE")" --dir="$RATELIMIT_MOUNT")
+      ;;
+    ratelimit)
+      # The settings a ConfigMap volume needs (docs/throttling.md): RUNTIME_IGNOREDOTFILES=true, or
+      # the timestamped `..<time>/` directory's copies load too ("duplicate domain", and no config
+      # at all while /healthcheck still answers 200); RUNTIME_WATCH_ROOT=false, or it watches only
+      # the directory above RUNTIME_ROOT, never sees the `..data` swap in the mount and never
+      # reloads. The binary is started through a
+      # link in the state directory so that its command line names that directory.
+      ln -sfn "$BIN/ratelimit" "$STATE/ratelimit/ratelimit"
+      CMD=(env USE_STATSD=false LOG_LEVEL=info LOG_FORMAT=json
+        HOST=127.0.0.1 PORT="$RATELIMIT_PORT" GRPC_HOST=127.0.0.1 GRPC_PORT="$RATELIMIT_GRPC_PORT"
+        DEBUG_HOST=127.0.0.1 DEBUG_PORT="$RATELIMIT_DEBUG_PORT"
+        REDIS_SOCKET_TYPE=tcp REDIS_URL="127.0.0.1:$REDIS_PORT"
+        RUNTIME_ROOT="$RATELIMIT_RUNTIME" RUNTIME_SUBDIRECTORY=ratelimit RUNTIME_APPDIRECTORY=config
+        RUNTIME_IGNOREDOTFILES=true RUNTIME_WATCH_ROOT=false
+        "$STATE/ratelimit/ratelimit")
+      ;;
   esac
 }
 
@@ -312,6 +364,9 @@ probe() {
     prometheus) "${get[@]}" "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" ;;
     alertmanager) "${get[@]}" "http://127.0.0.1:$ALERTMANAGER_PORT/-/ready" ;;
     alert-receiver) "${get[@]}" "http://127.0.0.1:$RECEIVER_PORT/" ;;
+    redis) [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping)" = PONG ] ;;
+    ratelimit-mirror) [ -L "$RATELIMIT_MOUNT/..data" ] ;;
+    ratelimit) "${get[@]}" "http://127.0.0.1:$RATELIMIT_PORT/healthcheck" ;;
   esac 2>/dev/null
 }
 
@@ -406,11 +461,14 @@ cmd_up() {
   prepare_state
   start_component etcd
   wait_ready etcd
-  for name in kube-apiserver prometheus alertmanager alert-receiver; do start_component "$name"; done
+  for name in kube-apiserver prometheus alertmanager alert-receiver redis; do start_component "$name"; done
   wait_ready kube-apiserver
   write_kubeconfig
-  for name in kube-controller-manager kube-scheduler kwok; do start_component "$name"; done
-  for name in kube-controller-manager kube-scheduler kwok prometheus alertmanager alert-receiver; do
+  # The ratelimit service starts once its runtime directory exists (the mirror made it).
+  for name in kube-controller-manager kube-scheduler kwok ratelimit-mirror; do start_component "$name"; done
+  wait_ready ratelimit-mirror
+  start_component ratelimit
+  for name in kube-controller-manager kube-scheduler kwok prometheus alertmanager alert-receiver redis ratelimit; do
     wait_ready "$name"
   done
   apply_nodes
@@ -467,6 +525,17 @@ cmd_start() {
   for name in "$@"; do wait_ready "$name"; done
 }
 
+# Point the mirror (and so the ratelimit service) at another ConfigMap; it reloads at once.
+cmd_ratelimit_config() {
+  load_ports
+  [[ $1 =~ ^[a-z0-9.-]+/[a-z0-9.-]+$ ]] || die "ratelimit-config takes NAMESPACE/NAME, got '$1'"
+  echo "$1" >"$RATELIMIT_SOURCE"
+  stop_components ratelimit-mirror
+  start_component ratelimit-mirror
+  wait_ready ratelimit-mirror
+  log "the ratelimit service now reads ConfigMap $1"
+}
+
 # Commands that change the test bed run one at a time per state directory. The lock file lives
 # outside the state directory, which `down` deletes.
 lock_state() {
@@ -475,19 +544,23 @@ lock_state() {
 }
 
 usage() {
-  echo "usage: $0 up | down | env | status | stop NAME... | start NAME... | restart NAME..." >&2
+  echo "usage: $0 up | down | env | status | stop NAME... | start NAME... | restart NAME... | ratelimit-config NAMESPACE/NAME" >&2
   echo "components: ${COMPONENTS[*]}" >&2
   exit 2
 }
 
 case "${1:-}" in
-  up | down | stop | start | restart) lock_state ;;
+  up | down | stop | start | restart | ratelimit-config) lock_state ;;
 esac
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   env) cmd_env ;;
   status) cmd_status ;;
+  ratelimit-config)
+    [ $# = 2 ] || usage
+    cmd_ratelimit_config "$2"
+    ;;
   stop | start | restart)
     [ $# -ge 2 ] || usage
     cmd=$1

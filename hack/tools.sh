@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm) from the wrapper Go modules in hack/tools/*, into a cache outside the
-# repository keyed by those modules and the Go version. See docs/testbed.md.
+# kubectl, etcd, kwok, helm, ratelimit) from the wrapper Go modules in hack/tools/*, into a cache
+# outside the repository keyed by those modules and the Go version, and renders Envoy Gateway's CRDs
+# from its Go module (envoy-gateway-crds). See docs/testbed.md.
 #
 #   hack/tools.sh build [NAME...]   build what is missing (all tools by default); reuse the rest
 #   hack/tools.sh path              print the bin directory for the current versions
@@ -16,7 +17,13 @@ MODULES=$ROOT/hack/tools
 CACHE_ROOT=${PATRON_TOOLS_CACHE:-$HOME/.cache/patron/tools}
 # Bump when the build recipe below changes in a way the go.mod/go.sum files do not show.
 RECIPE=1
-TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
+TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm ratelimit envoy-gateway-crds)
+# Envoy Gateway's module; its chart charts/gateway-crds-helm holds the BackendTrafficPolicy CRD and
+# the Gateway API CRDs (standard channel), rendered with helm into envoy-gateway-crds.yaml.
+ENVOY_GATEWAY=v1.9.1
+# Tools keyed by their own module alone, in $CACHE_ROOT/NAME-<key> and linked into $BIN: adding or
+# bumping one of them rebuilds only it, not the Kubernetes binaries (minutes of CPU).
+OWN_KEY=(ratelimit)
 KWOK_STAGES=(
   node/fast/node-initialize.yaml
   node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
@@ -39,11 +46,13 @@ find_go() {
 }
 GO=$(find_go)
 
-# The cache key: every wrapper go.mod/go.sum, the Go version and the recipe revision.
+own_key() { [[ " ${OWN_KEY[*]} " == *" $1 "* ]]; }
+
+# A cache key: the given wrapper go.mod/go.sum files, the Go version and the recipe revision.
 cache_key() {
   local f
   {
-    for f in "$MODULES"/*/go.mod "$MODULES"/*/go.sum; do
+    for f in "$@"; do
       echo "== ${f#"$ROOT"/}"
       cat "$f"
     done
@@ -51,8 +60,18 @@ cache_key() {
     echo "recipe $RECIPE"
   } | sha256sum | cut -c1-16
 }
-TOOL_DIR=$CACHE_ROOT/$(cache_key)
+# The shared key covers every wrapper module except those of OWN_KEY tools.
+shared_modules() {
+  local f
+  for f in "$MODULES"/*/go.mod "$MODULES"/*/go.sum; do
+    own_key "$(basename "$(dirname "$f")")" || echo "$f"
+  done
+}
+mapfile -t SHARED_MODULES < <(shared_modules)
+TOOL_DIR=$CACHE_ROOT/$(cache_key "${SHARED_MODULES[@]}")
 BIN=$TOOL_DIR/bin
+# The directory an OWN_KEY tool is built into.
+own_dir() { echo "$CACHE_ROOT/$1-$(cache_key "$MODULES/$1/go.mod" "$MODULES/$1/go.sum")"; }
 
 # Version of a module as required by one wrapper module, read with the go command itself.
 module_version() { (cd "$MODULES/$1" && "$GO" list -m -f '{{.Version}}' "$2"); }
@@ -91,20 +110,53 @@ tool_recipe() {
       done
       echo helm helm.sh/helm/v3/cmd/helm "$ld"
       ;;
+    ratelimit)
+      echo ratelimit github.com/envoyproxy/ratelimit/src/service_cmd "-s -w"
+      ;;
     *) die "unknown tool '$name' (known: ${TOOLS[*]})" ;;
   esac
 }
 
 build_tool() {
-  local name=$1 recipe module pkg ldflags start
-  [ -x "$BIN/$name" ] && return 0
-  recipe=$(tool_recipe "$name")
-  read -r module pkg ldflags <<<"$recipe"
-  log "building $name from hack/tools/$module ($pkg)"
-  start=$(date +%s%N)
-  (cd "$MODULES/$module" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "$ldflags" -o "$BIN/.$name.tmp" "$pkg")
-  mv -f "$BIN/.$name.tmp" "$BIN/$name"
-  log "built $name in $(elapsed "$start") s"
+  local name=$1 recipe module pkg ldflags start out=$BIN
+  if own_key "$name"; then
+    out=$(own_dir "$name")/bin
+    # The link in $BIN must point at the build of the current key.
+    [ -x "$out/$name" ] && [ "$(readlink "$BIN/$name")" = "$out/$name" ] && return 0
+  fi
+  if [ ! -x "$out/$name" ]; then
+    recipe=$(tool_recipe "$name")
+    read -r module pkg ldflags <<<"$recipe"
+    log "building $name from hack/tools/$module ($pkg)"
+    start=$(date +%s%N)
+    mkdir -p "$out"
+    (cd "$MODULES/$module" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "$ldflags" -o "$out/.$name.tmp" "$pkg")
+    mv -f "$out/.$name.tmp" "$out/$name"
+    log "built $name in $(elapsed "$start") s"
+  fi
+  [ "$out" = "$BIN" ] || ln -sfn "$out/$name" "$BIN/$name"
+}
+
+# The CRDs of the Envoy Gateway chart the e2e tests write through: BackendTrafficPolicy and the
+# Gateway API (its templates are wrapped in `if .Values.crds.*.enabled`, so helm renders them).
+# Keyed by the module version alone, in $CACHE_ROOT/envoy-gateway-crds-VERSION, linked into TOOL_DIR.
+render_envoy_gateway_crds() {
+  local dir=$CACHE_ROOT/envoy-gateway-crds-$ENVOY_GATEWAY src start
+  if [ ! -s "$dir/crds.yaml" ]; then
+    build_tool helm
+    start=$(date +%s%N)
+    src=$(cd "$CACHE_ROOT" && "$GO" mod download -json "github.com/envoyproxy/gateway@$ENVOY_GATEWAY" |
+      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    [ -d "$src/charts/gateway-crds-helm" ] || die "github.com/envoyproxy/gateway@$ENVOY_GATEWAY has no charts/gateway-crds-helm"
+    mkdir -p "$dir"
+    "$BIN/helm" template envoy-gateway-crds "$src/charts/gateway-crds-helm" \
+      --set crds.envoyGateway.enabled=true --set crds.gatewayAPI.enabled=true --set crds.gatewayAPI.channel=standard \
+      --show-only templates/generated/gateway.envoyproxy.io_backendtrafficpolicies.yaml \
+      --show-only templates/standard-gatewayapi-crds.yaml >"$dir/.crds.yaml.tmp"
+    mv -f "$dir/.crds.yaml.tmp" "$dir/crds.yaml"
+    log "rendered Envoy Gateway $ENVOY_GATEWAY CRDs in $(elapsed "$start") s"
+  fi
+  ln -sfn "$dir/crds.yaml" "$TOOL_DIR/envoy-gateway-crds.yaml"
 }
 
 # kwok v0.8 ships no built-in stages: copy the ones the test bed uses from the module source.
@@ -129,7 +181,10 @@ cmd_build() {
   exec 9>"$TOOL_DIR/.lock"
   flock 9
   for name in "${names[@]}"; do
-    build_tool "$name"
+    case $name in
+      envoy-gateway-crds) render_envoy_gateway_crds ;;
+      *) build_tool "$name" ;;
+    esac
     [ "$name" != kwok ] || copy_kwok_stages
   done
   flock -u 9
@@ -152,9 +207,10 @@ check() {
 
 # Each binary must run and report the version its wrapper module pins.
 cmd_verify() {
-  local k8s etcd kwok helm name
+  local k8s etcd kwok helm ratelimit name
   failed=0
   k8s=$(module_version kubernetes k8s.io/kubernetes)
+  ratelimit=$(module_version ratelimit github.com/envoyproxy/ratelimit)
   etcd=$(module_version etcd go.etcd.io/etcd/server/v3)
   kwok=$(module_version kwok sigs.k8s.io/kwok)
   helm=$(module_version helm helm.sh/helm/v3)
@@ -165,6 +221,9 @@ cmd_verify() {
   check etcd "etcd Version: ${etcd#v}" "$BIN/etcd" --version
   check kwok "${kwok#v}" "$BIN/kwok" --version
   check helm "$helm" "$BIN/helm" version --short
+  # ratelimit prints no version: its build information names the module version it was built from.
+  check ratelimit "github.com/envoyproxy/ratelimit	$ratelimit" "$GO" version -m "$BIN/ratelimit"
+  check envoy-gateway-crds "name: backendtrafficpolicies.gateway.envoyproxy.io" cat "$TOOL_DIR/envoy-gateway-crds.yaml"
   for name in "${KWOK_STAGES[@]}"; do
     check "stage $(basename "$name")" "kind: Stage" cat "$TOOL_DIR/kwok-stages/$(basename "$name")"
   done

@@ -95,16 +95,28 @@ def wait_http(url: str, timeout: float) -> None:
 
 
 def start_shop(
-    namespace: str, kubeconfig: Path, targets_dir: str, workdir: Path, seed: int = 1, extra: Sequence[str] = ()
+    namespace: str, testbed_dir: Path, workdir: Path, seed: int = 1, extra: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """hack/demo/shop.py as a process of its own session (logs in workdir/shop.log); (process, URL)."""
+    """hack/demo/shop.py as a process of its own session (logs in workdir/shop.log); (process, URL).
+    The test bed's ratelimit service is pointed at the namespace's ratelimit ConfigMap first (its
+    mirror plays the kubelet), and the shop asks that service for every request."""
+    subprocess.run(
+        [str(TESTBED_SH), "ratelimit-config", f"{namespace}/ratelimit-config"],
+        env={**os.environ, "PATRON_TESTBED_DIR": str(testbed_dir)},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    env = Env.read(testbed_dir)
     ready = workdir / "shop.url"
     ready.unlink(missing_ok=True)
     cmd = [
         sys.executable, str(SHOP_PY),
         "--namespace", namespace,
-        "--kubeconfig", str(kubeconfig),
-        "--targets-dir", targets_dir,
+        "--kubeconfig", env["KUBECONFIG"],
+        "--targets-dir", env["PROMETHEUS_TARGETS_DIR"],
+        "--ratelimit-url", env["RATELIMIT_URL"],
+        "--ratelimit-debug-url", env["RATELIMIT_DEBUG_URL"],
         "--ready-file", str(ready),
         "--seed", str(seed),
         *extra,
@@ -360,9 +372,7 @@ class Demo:
         self.kubectl("apply", "-n", NAMESPACE, "-f", str(MANIFESTS))
         out.command(f"kubectl apply -n {NAMESPACE} -f hack/demo/manifests/shop.yaml")
         self.kubectl("rollout", "status", "-n", NAMESPACE, "deployment/checkout", "--timeout=120s")
-        self.shop, self.shop_url = start_shop(
-            NAMESPACE, Path(env["KUBECONFIG"]), env["PROMETHEUS_TARGETS_DIR"], self.work, self.args.seed
-        )
+        self.shop, self.shop_url = start_shop(NAMESPACE, self.state, self.work, self.args.seed)
         self.save_pid("shop", self.shop)
         state = self.shop_state()
         tiers: dict[str, int] = {}

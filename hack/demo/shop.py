@@ -4,9 +4,12 @@
 One asyncio process holds three parts (see docs/demo.md):
 
 - the service, POST /checkout with header X-Customer-ID. In order, it
-  1. enforces the per-customer limits of the envoyproxy/ratelimit config found in the ratelimit
-     ConfigMap (every key whose `domain` is the shop's; 429 over the limit; `shadow_mode` entries are
-     only counted). Like a ratelimit sidecar, rejected requests cost the service nothing;
+  1. asks the envoyproxy/ratelimit service (--ratelimit-url, its HTTP /json API) with the descriptor
+     Envoy sends for the header (domain --domain, one entry `customer_id` = the header's value) and
+     answers 429 when told OVER_LIMIT, as Envoy's ratelimit filter does. The service enforces the
+     ratelimit ConfigMap (Patron's key and everyone else's), mounted the kubelet's way. Like
+     Envoy's filter it fails open: an unreachable service limits nobody. Rejected requests cost the
+     service nothing;
   2. has the capacity of its `checkout` Deployment: spec.replicas x --capacity-per-replica req/s
      (the desired count, which Patron's scale action changes; the readiness of pods on kwok nodes
      would add nothing but noise).
@@ -20,8 +23,8 @@ One asyncio process holds three parts (see docs/demo.md):
   comes back 25-50 s later (nobody gives up over a 429). A customer switched to `storm` sends
   `factor` times its rate and retries without backoff (every failure is just another attempt of its
   tight loop), and never gives up;
-- a watcher that reads the Deployment, its ReplicaSets and the ConfigMap from the API server (every
-  --poll seconds).
+- a watcher that reads the Deployment and its ReplicaSets from the API server, and the limits the
+  ratelimit service has loaded from its /rlconfig (every --poll seconds).
 
 Metrics (GET /metrics, registered with the test bed's Prometheus by a file_sd JSON file):
 http_requests_total{service, customer, code}, http_request_duration_seconds{service, customer},
@@ -41,16 +44,16 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import time
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -67,6 +70,7 @@ COME_BACK_AFTER = (25.0, 50.0)
 # The capacity check looks at the arrivals of the last LOAD_WINDOW seconds.
 LOAD_WINDOW = 2.0
 RECENT_SECONDS = 10
+UNIT_SECONDS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 
 ENTERPRISE = ("acme", "globex", "initech", "umbrella")
 STANDARD = (
@@ -109,80 +113,81 @@ def catalogue(seed: int) -> list[Customer]:
     return sorted(out, key=lambda c: c.name)
 
 
-# ---------------------------------------------------------------- ratelimit config
+# ---------------------------------------------------------------- the ratelimit service
 
 
 @dataclass(frozen=True)
 class Limit:
     per_unit: int
-    unit_seconds: int
+    unit: str  # SECOND, MINUTE, ...
     shadow: bool
-    source: str  # ConfigMap key
 
 
-UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+# One line of /rlconfig: `<domain>.<key>[_<value>]: unit=SECOND requests_per_unit=3, shadow_mode: true, ...`
+RLCONFIG_LINE = re.compile(
+    r"^(?P<key>.+?): unit=(?P<unit>\w+) requests_per_unit=(?P<n>\d+), shadow_mode: (?P<shadow>\w+)"
+)
 
 
-def parse_limits(
-    data: Mapping[str, str], domain: str, descriptor_key: str
-) -> tuple[dict[str | None, Limit], list[str]]:
-    """Per-customer limits from every ConfigMap key holding a ratelimit config of `domain`.
-
-    Top-level descriptors with key `descriptor_key` count: with a `value`, for that customer; without
-    one, for every customer (each has its own counter). `unlimited: true` removes a limit. Where two
-    keys limit the same customer, the lower limit wins. (A real ratelimit service refuses two files of
-    one domain unless it runs with MERGE_DOMAIN_CONFIG=true.) Returns (limits, problems)."""
+def parse_rlconfig(text: str, domain: str, descriptor_key: str) -> dict[str | None, Limit]:
+    """The top-level limits on `descriptor_key` in `domain` that the service has loaded, per value
+    (None: the key without a value, one counter per customer)."""
+    prefix = f"{domain}.{descriptor_key}"
     limits: dict[str | None, Limit] = {}
-    problems: list[str] = []
-    for key in sorted(data):
+    for line in text.splitlines():
+        m = RLCONFIG_LINE.match(line)
+        if m is None:
+            continue
+        key = m["key"]
+        value: str | None
+        if key == prefix:
+            value = None
+        elif key.startswith(prefix + "_"):
+            value = key[len(prefix) + 1 :]
+        else:
+            continue
+        limits[value] = Limit(int(m["n"]), m["unit"], m["shadow"] == "true")
+    return limits
+
+
+class RateLimitClient:
+    """envoyproxy/ratelimit's HTTP API: POST /json (the gRPC ShouldRateLimit request as JSON; HTTP 429
+    when OVER_LIMIT) and the debug port's GET /rlconfig."""
+
+    def __init__(self, url: str, debug_url: str, domain: str, descriptor_key: str) -> None:
+        self.url, self.debug_url = url.rstrip("/"), debug_url.rstrip("/")
+        self.domain, self.descriptor_key = domain, descriptor_key
+        self.session: ClientSession | None = None
+
+    async def start(self) -> None:
+        self.session = ClientSession(connector=TCPConnector(limit=64), timeout=ClientTimeout(total=1.0))
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def check(self, customer: str) -> str:
+        """'ok' or 'over_limit' when a limit applied, 'none' when none did, 'error' (allowed) when the
+        service did not answer."""
+        assert self.session is not None
+        body = {"domain": self.domain, "descriptors": [{"entries": [{"key": self.descriptor_key, "value": customer}]}]}
         try:
-            doc = yaml.safe_load(data[key])
-        except yaml.YAMLError as err:
-            problems.append(f"{key}: not YAML: {err}")
-            continue
-        if not isinstance(doc, dict) or doc.get("domain") != domain:
-            continue
-        for d in doc.get("descriptors") or []:
-            if not isinstance(d, dict) or d.get("key") != descriptor_key or d.get("unlimited"):
-                continue
-            rl = d.get("rate_limit") or {}
-            unit = UNITS.get(str(rl.get("unit", "")).lower())
-            per_unit = rl.get("requests_per_unit")
-            if unit is None or not isinstance(per_unit, int) or per_unit < 0:
-                problems.append(f"{key}: bad rate_limit {rl!r} for {d.get('value')!r}")
-                continue
-            value = d.get("value")
-            limit = Limit(per_unit, unit, bool(d.get("shadow_mode")), key)
-            old = limits.get(value)
-            if old is None or limit.per_unit / limit.unit_seconds < old.per_unit / old.unit_seconds:
-                limits[value] = limit
-    return limits, problems
+            async with self.session.post(self.url + "/json", json=body) as response:
+                answer = await response.json(content_type=None)
+        except (ClientError, TimeoutError, ValueError):
+            return "error"
+        if not isinstance(answer, dict):
+            return "error"
+        if answer.get("overallCode") == "OVER_LIMIT":
+            return "over_limit"
+        statuses = answer.get("statuses") or [{}]
+        return "ok" if statuses[0].get("currentLimit") else "none"
 
-
-class RateLimiter:
-    """ratelimit's fixed windows: at most per_unit requests per customer per unit (aligned to the clock)."""
-
-    def __init__(self) -> None:
-        self.limits: dict[str | None, Limit] = {}
-        self._counts: dict[tuple[str, int], int] = {}
-
-    def set(self, limits: dict[str | None, Limit]) -> None:
-        self.limits = limits
-
-    def check(self, customer: str, now: float) -> tuple[str, Limit | None]:
-        """('ok' | 'over_limit' | 'shadow_mode', the limit that applied)."""
-        limit = self.limits.get(customer) or self.limits.get(None)
-        if limit is None:
-            return "ok", None
-        window = int(now // limit.unit_seconds)
-        key = (customer, window)
-        count = self._counts.get(key, 0) + 1
-        self._counts[key] = count
-        if len(self._counts) > 10_000:
-            self._counts = {k: v for k, v in self._counts.items() if k[1] >= window - 1}
-        if count <= limit.per_unit:
-            return "ok", limit
-        return ("shadow_mode" if limit.shadow else "over_limit"), limit
+    async def limits(self) -> dict[str | None, Limit]:
+        assert self.session is not None
+        async with self.session.get(self.debug_url + "/rlconfig") as response:
+            response.raise_for_status()
+            return parse_rlconfig(await response.text(), self.domain, self.descriptor_key)
 
 
 # ---------------------------------------------------------------- the service
@@ -206,7 +211,6 @@ class World:
     replicas: int = 0  # the Deployment's spec.replicas
     ready: int = 0  # its status.readyReplicas (shown, not used)
     versions: tuple[Version, ...] = ()
-    limits: dict[str | None, Limit] = field(default_factory=dict)
     read_at: float = 0.0
     error: str = ""
 
@@ -239,7 +243,12 @@ class Shop:
         self.customers = {c.name: c for c in catalogue(args.seed)}
         self.tier_of = {c.name: c.tier for c in self.customers.values()}
         self.world = World(replicas=args.replicas or 0, ready=args.replicas or 0)
-        self.limiter = RateLimiter()
+        self.ratelimit = (
+            RateLimitClient(args.ratelimit_url, args.ratelimit_debug_url, args.domain, args.descriptor_key)
+            if args.ratelimit_url
+            else None
+        )
+        self.limits: dict[str | None, Limit] = {}
         self.rng = random.Random(f"service/{args.seed}")
         self.arrivals: deque[float] = deque()
         self.recent = Recent()
@@ -261,7 +270,7 @@ class Shop:
         )
         self.m_ratelimit = Counter(
             "ratelimit_requests_total",
-            "Requests checked against a ratelimit entry, by result (ok, over_limit, shadow_mode).",
+            "Requests a ratelimit entry applied to, by the service's answer (ok, over_limit; shadow_mode is ok).",
             ["domain", "customer", "result"],
             registry=reg,
         )
@@ -315,13 +324,13 @@ class Shop:
 
     async def serve(self, customer: str) -> int:
         """One request: ratelimit, capacity, the version it lands on. Returns the HTTP status."""
+        if self.ratelimit is not None:
+            result = await self.ratelimit.check(customer)
+            if result != "none":
+                self.m_ratelimit.labels(self.args.domain, customer, result).inc()
+            if result == "over_limit":
+                return 429
         now = time.monotonic()
-        result, limit = self.limiter.check(customer, time.time())
-        if limit is not None:
-            self.m_ratelimit.labels(self.args.domain, customer, result).inc()
-        if result == "over_limit":
-            await asyncio.sleep(0.002)
-            return 429
         self.arrivals.append(now)
         load = self.load(now)
         capacity = self.capacity
@@ -385,8 +394,8 @@ class Shop:
             "load": round(self.load(now), 1),
             "versions": [v.__dict__ for v in self.world.versions],
             "limits": {
-                (k or "*"): {"requestsPerUnit": v.per_unit, "unitSeconds": v.unit_seconds, "shadow": v.shadow}
-                for k, v in self.world.limits.items()
+                (k or "*"): {"requestsPerUnit": v.per_unit, "unit": v.unit, "shadow": v.shadow}
+                for k, v in self.limits.items()
             },
             "worldError": self.world.error,
             "worldAge": round(now - self.world.read_at, 1) if self.world.read_at else None,
@@ -498,13 +507,33 @@ class Shop:
 
     # ------------------------------------------------------------ the API server
 
+    async def watch_limits(self) -> None:
+        """shop_ratelimit_requests_per_second from the limits the service has loaded (/rlconfig)."""
+        if self.ratelimit is None:
+            return
+        while not self.stopping.is_set():
+            try:
+                limits = await self.ratelimit.limits()
+            except (ClientError, TimeoutError) as err:
+                log.warning("reading the ratelimit service's /rlconfig failed: %s", err)
+            else:
+                if limits != self.limits:
+                    log.info("ratelimit limits now %s", {k or "*": v.per_unit for k, v in limits.items()})
+                    self.m_limit.clear()
+                    for k, v in limits.items():
+                        per_second = v.per_unit / UNIT_SECONDS.get(v.unit, 1)
+                        self.m_limit.labels(k or "*", str(v.shadow).lower()).set(per_second)
+                    self.limits = limits
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.args.poll)
+
     async def watch(self) -> None:
         if self.args.replicas is not None:
             return  # fixed capacity, no cluster (development)
         from kubernetes import client, config
 
         api = config.new_client_from_config(config_file=self.args.kubeconfig)
-        apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+        apps = client.AppsV1Api(api)
         ns, name = self.args.namespace, self.args.deployment
 
         def read() -> World:
@@ -535,18 +564,8 @@ class Shop:
                         )
                     )
                 world.versions = tuple(sorted(versions, key=lambda v: v.name))
-            try:
-                cm = core.read_namespaced_config_map(self.args.config_map, ns)
-            except client.ApiException as err:
-                if err.status != 404:
-                    world.error += f" ConfigMap {ns}/{self.args.config_map}: HTTP {err.status} {err.reason}"
-            else:
-                world.limits, problems = parse_limits(cm.data or {}, self.args.domain, self.args.descriptor_key)
-                for problem in problems:
-                    log.warning("ratelimit config: %s", problem)
             return world
 
-        last_limits: dict[str | None, Limit] = {}
         while not self.stopping.is_set():
             try:
                 world = await asyncio.to_thread(read)
@@ -557,14 +576,7 @@ class Shop:
                     log.warning("%s", world.error.strip())
                 if world.replicas != self.world.replicas:
                     log.info("replicas %d -> %d", self.world.replicas, world.replicas)
-                if world.limits != last_limits:
-                    log.info("ratelimit limits now %s", {k or "*": v.per_unit for k, v in world.limits.items()})
-                    self.m_limit.clear()
-                    for k, v in world.limits.items():
-                        self.m_limit.labels(k or "*", str(v.shadow).lower()).set(v.per_unit / v.unit_seconds)
-                    last_limits = world.limits
                 self.world = world
-                self.limiter.set(world.limits)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self.args.poll)
 
@@ -597,7 +609,11 @@ class Shop:
             tmp.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"], "labels": labels}]))
             tmp.rename(targets)  # file_sd reads whole files only
         log.info("shop on %s (namespace %s, seed %d)", self.url, self.args.namespace, self.args.seed)
-        watcher = asyncio.ensure_future(self.watch())
+        if self.ratelimit is not None:
+            await self.ratelimit.start()
+        else:
+            log.warning("no --ratelimit-url: nobody is rate limited")
+        watchers = [asyncio.ensure_future(self.watch()), asyncio.ensure_future(self.watch_limits())]
         try:
             if self.args.replicas is None:
                 await self._first_world()
@@ -613,7 +629,9 @@ class Shop:
             await asyncio.gather(*loops, *self.tasks, return_exceptions=True)
         finally:
             self.stopping.set()
-            await asyncio.gather(watcher, return_exceptions=True)
+            await asyncio.gather(*watchers, return_exceptions=True)
+            if self.ratelimit is not None:
+                await self.ratelimit.close()
             if targets is not None:
                 targets.unlink(missing_ok=True)
             if self.session is not None:
@@ -641,10 +659,17 @@ def _fault(text: str | None) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--namespace", default="shop", help="namespace of the Deployment and ConfigMap")
+    p.add_argument("--namespace", default="shop", help="namespace of the Deployment")
     p.add_argument("--deployment", default="checkout")
-    p.add_argument("--config-map", default="ratelimit-config")
-    p.add_argument("--domain", default="checkout", help="ratelimit domain the shop enforces")
+    p.add_argument(
+        "--ratelimit-url", default=os.environ.get("RATELIMIT_URL"), help="the ratelimit service's HTTP port (/json)"
+    )
+    p.add_argument(
+        "--ratelimit-debug-url",
+        default=os.environ.get("RATELIMIT_DEBUG_URL"),
+        help="the ratelimit service's debug port (/rlconfig)",
+    )
+    p.add_argument("--domain", default="checkout", help="the ratelimit domain of the shop's Envoy filter")
     p.add_argument("--descriptor-key", default="customer_id")
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     p.add_argument("--replicas", type=int, help="fixed replicas; no cluster (development only)")
@@ -669,6 +694,8 @@ def main() -> None:
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     if args.replicas is None and not args.kubeconfig:
         raise SystemExit("error: --kubeconfig (or KUBECONFIG) is required unless --replicas is given")
+    if args.ratelimit_url and not args.ratelimit_debug_url:
+        raise SystemExit("error: --ratelimit-debug-url (or RATELIMIT_DEBUG_URL) is required with --ratelimit-url")
     if not math.isfinite(args.capacity_per_replica) or args.capacity_per_replica <= 0:
         raise SystemExit("error: --capacity-per-replica must be > 0")
     asyncio.run(Shop(args).run())

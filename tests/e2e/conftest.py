@@ -8,6 +8,7 @@ unless PATRON_KEEP_TESTBED=1.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import secrets
@@ -16,13 +17,17 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from kubernetes.client import ApiClient
 
 REPO = Path(__file__).resolve().parents[2]
 TESTBED_SH = REPO / "hack" / "testbed.sh"
 E2E_DIR = Path(__file__).resolve().parent
+CHART = REPO / "charts" / "patron"
+INSTANCE = "app.kubernetes.io/instance"  # the label naming a Helm release
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -159,3 +164,68 @@ def k8s_api(testbed: Testbed) -> Iterator[ApiClient]:
     api = config.new_client_from_config(config_file=str(testbed.kubeconfig))
     yield api
     api.close()
+
+
+# ---------------------------------------------------------------- Helm releases and the chart's ServiceAccount
+
+
+def helm(testbed: Testbed, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return run(
+        [str(testbed.bin_dir / "helm"), f"--kubeconfig={testbed.kubeconfig}", *args], check=check, timeout=timeout
+    )
+
+
+def unique(prefix: str) -> str:
+    """Release names are unique per run: the ClusterRole is named after the release."""
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def service_account_kubeconfig(testbed: Testbed, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig for the test bed's API server that authenticates as the ServiceAccount, nothing else."""
+    token = testbed.kubectl("create", "token", account, "-n", namespace, "--duration=2h").stdout.strip()
+    admin = yaml.safe_load(testbed.kubeconfig.read_text())
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "testbed", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "testbed", "user": account}}],
+        "current-context": account,
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+class Namespaces:
+    """Namespaces made for one test or module, deleted (without waiting) at the end."""
+
+    def __init__(self, testbed: Testbed, prefix: str) -> None:
+        self.testbed, self.prefix, self.made = testbed, prefix, []
+
+    def make(self, role: str) -> str:
+        name = f"{self.prefix}-{role}-{secrets.token_hex(3)}"
+        self.testbed.kubectl("create", "namespace", name)
+        self.testbed.kubectl("label", "namespace", name, "patron.dev/e2e=true")
+        self.made.append(name)
+        return name
+
+    def cleanup(self) -> None:
+        for name in self.made:
+            self.testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def kubectl_as(testbed: Testbed, kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run([str(testbed.bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", *args], check=False, timeout=60)
+
+
+def forbidden_lines(log: str) -> list[str]:
+    """Requests the API server refused the operator (none: serving listed namespaces, Kopf does not
+    even try to list namespaces)."""
+    return [
+        line for line in log.splitlines() if re.search(r"Forbidden|(?<![,.:\d])\b403\b", line)
+    ]  # `403` not as the milliseconds of a timestamp
+
+
+def get_json(testbed: Testbed, *args: str) -> Any:
+    return json.loads(testbed.kubectl("get", *args, "-o", "json").stdout)

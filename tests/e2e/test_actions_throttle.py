@@ -27,14 +27,13 @@ def entries(w: World, key: str) -> list[dict[str, Any]] | None:
     return yaml.safe_load(data[key])["descriptors"] if key in data else None
 
 
-@pytest.mark.slow
-def test_storming_customer_is_throttled_other_keys_untouched_then_lifted(world: World) -> None:
-    w = world
-    w.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ratelimit-config"}, "data": OTHERS})
+def storm_under_two_throttles(w: World) -> None:
+    """acme, bigbot and carol at 10 req/s; CustomerSLOs `checkout` (domain checkout) and `shadow`
+    (domain shadow, shadow mode) throttle into two keys of ConfigMap ratelimit-config at the same
+    moments; then bigbot storms (6x its baseline: limit ceil(10 x 1.25) = 13) and carol suffers."""
     for name in ("acme", "bigbot", "carol"):
         w.exporter.set(name, rps=10)
     w.start_operator()
-    # Two CustomerSLOs write two keys of the same ConfigMap at the same moments.
     slos = [
         slo(w.namespace, "checkout", actions={"throttle": throttle(False, "checkout")}),
         slo(w.namespace, "shadow", actions={"throttle": throttle(True, "shadow")}),
@@ -46,6 +45,13 @@ def test_storming_customer_is_throttled_other_keys_untouched_then_lifted(world: 
     time.sleep(80)
     w.exporter.set("bigbot", rps=60)  # a retry storm: 6x its baseline
     w.exporter.set("carol", rps=10, errors=1.0)  # ...and others suffer: warning
+
+
+@pytest.mark.slow
+def test_storming_customer_is_throttled_other_keys_untouched_then_lifted(world: World) -> None:
+    w = world
+    w.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ratelimit-config"}, "data": OTHERS})
+    storm_under_two_throttles(w)
 
     got = wait_for(lambda: entries(w, "patron-checkout.yaml"), timeout=90, what="bigbot's entry")
     # limit = ceil(baseline 10 req/s x headroom 1.25) = 13

@@ -233,7 +233,7 @@ def action_events(api: Any, namespace: str) -> list[tuple[float, str, str]]:
 def shop(testbed: Any, namespace: str, tmp_path: Path) -> Iterator[str]:
     testbed.kubectl("apply", "-n", namespace, "-f", str(demo.MANIFESTS))
     testbed.kubectl("rollout", "status", "-n", namespace, "deployment/checkout", "--timeout=120s")
-    proc, url = demo.start_shop(namespace, testbed.kubeconfig, str(testbed.targets_dir), tmp_path, seed=1)
+    proc, url = demo.start_shop(namespace, testbed.state_dir, tmp_path, seed=1)
     yield url
     demo.stop(proc)
     print((tmp_path / "shop.log").read_text()[-3000:])

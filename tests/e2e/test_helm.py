@@ -8,9 +8,7 @@ Pods on kwok nodes run nothing, so the operator runs outside the cluster as `pat
 from __future__ import annotations
 
 import json
-import re
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +18,17 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import REPO, run
+from tests.e2e.conftest import (
+    CHART,
+    INSTANCE,
+    Namespaces,
+    forbidden_lines,
+    get_json,
+    helm,
+    kubectl_as,
+    service_account_kubeconfig,
+    unique,
+)
 from tests.support.audit import differences, granted, kopf_dev_peering, read_audit, service_account
 from tests.support.catalog import manifest
 from tests.support.operator import OperatorProcess
@@ -30,23 +38,10 @@ from tests.support.wait import wait_for
 if TYPE_CHECKING:  # imported by name, pytest would try to collect the class
     from tests.e2e.conftest import Testbed
 
-CHART = REPO / "charts" / "patron"
-INSTANCE = "app.kubernetes.io/instance"
 # Everything the chart creates, by kind; none of it may survive `helm uninstall`.
 CHART_KINDS = "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,kopfpeerings.zalando.org"
 CLUSTER_KINDS = "clusterroles,clusterrolebindings,clusterkopfpeerings.zalando.org"
 KEPT_CRDS = ("customerslos.patron.dev", "kopfpeerings.zalando.org", "clusterkopfpeerings.zalando.org")
-
-
-def helm(testbed: Testbed, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return run(
-        [str(testbed.bin_dir / "helm"), f"--kubeconfig={testbed.kubeconfig}", *args], check=check, timeout=timeout
-    )
-
-
-def unique(prefix: str) -> str:
-    """Release names are unique per run: the ClusterRole is named after the release."""
-    return f"{prefix}-{secrets.token_hex(3)}"
 
 
 def scheduled_pods(testbed: Testbed, namespace: str, release: str) -> list[str]:
@@ -58,23 +53,6 @@ def scheduled_pods(testbed: Testbed, namespace: str, release: str) -> list[str]:
     return [p["metadata"]["name"] for p in pods if p["spec"].get("nodeName")]
 
 
-def service_account_kubeconfig(testbed: Testbed, namespace: str, account: str, path: Path) -> Path:
-    """A kubeconfig for the test bed's API server that authenticates as the ServiceAccount, nothing else."""
-    token = testbed.kubectl("create", "token", account, "-n", namespace, "--duration=2h").stdout.strip()
-    admin = yaml.safe_load(testbed.kubeconfig.read_text())
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "testbed", "cluster": admin["clusters"][0]["cluster"]}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": account, "context": {"cluster": "testbed", "user": account}}],
-        "current-context": account,
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
-
-
 @dataclass
 class Release:
     name: str
@@ -84,34 +62,6 @@ class Release:
     kubeconfig: Path  # the chart's ServiceAccount
     install_seconds: float
     notes: str
-
-
-class Namespaces:
-    """Namespaces made for one test or module, deleted (without waiting) at the end."""
-
-    def __init__(self, testbed: Testbed, prefix: str) -> None:
-        self.testbed, self.prefix, self.made = testbed, prefix, []
-
-    def make(self, role: str) -> str:
-        name = f"{self.prefix}-{role}-{secrets.token_hex(3)}"
-        self.testbed.kubectl("create", "namespace", name)
-        self.testbed.kubectl("label", "namespace", name, "patron.dev/e2e=true")
-        self.made.append(name)
-        return name
-
-    def cleanup(self) -> None:
-        for name in self.made:
-            self.testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def kubectl_as(testbed: Testbed, kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run([str(testbed.bin_dir / "kubectl"), f"--kubeconfig={kubeconfig}", *args], check=False, timeout=60)
-
-
-def forbidden_lines(log: str) -> list[str]:
-    """Requests the API server refused the operator (none: serving listed namespaces, Kopf does not
-    even try to list namespaces)."""
-    return [line for line in log.splitlines() if re.search(r"Forbidden|403", line)]
 
 
 # ---------------------------------------------------------------- server-side validation
@@ -317,10 +267,6 @@ def checkout_slo(name: str, **actions: Any) -> dict[str, Any]:
         "total": f"http_requests_total{{{STORM_AND_OUTAGE}}}",
     }
     return body
-
-
-def get_json(testbed: Testbed, *args: str) -> Any:
-    return json.loads(testbed.kubectl("get", *args, "-o", "json").stdout)
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:

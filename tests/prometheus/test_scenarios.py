@@ -135,7 +135,7 @@ def test_unknown_metric_is_no_data(scenario_prometheus: PrometheusServer, scenar
 
 def test_stale_data_is_not_healthy(scenario_prometheus: PrometheusServer, scenario_end: float):
     with pytest.raises(DataProblem) as err:
-        run(scenario_prometheus, scenario_end + 240, manifest("healthy", impact={"staleAfter": "2m"}))
+        run(scenario_prometheus, scenario_end, manifest("stopped", impact={"staleAfter": "2m"}))
     assert err.value.reason == "StaleData"
 
 

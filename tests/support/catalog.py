@@ -59,6 +59,8 @@ SCENARIOS: dict[str, list[Customer]] = {
     ],
     # healthy: nothing to see.
     "healthy": list(many("h-", 30, 1.0)),
+    # stopped: the service's only target stopped 4 minutes before the end (no sample since).
+    "stopped": [changed(f"s-{i}", 1.0, Phase(4 * MIN, 1.0, scraped=False)) for i in range(5)],
 }
 
 

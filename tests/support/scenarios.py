@@ -58,10 +58,15 @@ def openmetrics(
     step: float = 30.0,
     label: str = "customer",
     histograms: bool = True,
+    ahead: float = 0.0,
 ) -> str:
     """Counters http_requests_total{code=200|500} and (unless `histograms` is off) the histogram
-    http_request_duration_seconds, one set of series per (service, customer)."""
-    times = [end - duration + i * step for i in range(int(duration // step) + 1)]
+    http_request_duration_seconds, one set of series per (service, customer).
+
+    `ahead` seconds of samples past `end` continue each customer's last phase: a Prometheus that
+    scrapes nothing serves them as they fall due, so a live evaluation at any time in [end, end +
+    ahead] sees current data with the end's phases, while queries at `end` see exactly the scenario."""
+    times = [end - duration + i * step for i in range(int((duration + ahead) // step) + 1)]
     lines = ["# TYPE http_requests counter"]
     hist: list[str] = ["# TYPE http_request_duration_seconds histogram"]
     for service, c in ((s, c) for s, cs in services.items() for c in cs):
