@@ -64,6 +64,12 @@ def test_two_shards_with_disjoint_namespaces_never_touch_each_others_objects(
             log = op.log()
             stranger = next(o for o in shards if o != ns)
             assert f"[{stranger}/" not in log, log[-3000:]
+        # Every evaluation failed alike: one Warning Event for the transition (NoData), and no Event
+        # per evaluation from the log line (scheduled evaluations log without posting).
+        for ns in shards:
+            events = json.loads(testbed.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+            assert [e["reason"] for e in events if e["reason"] == "NoData"] == ["NoData"], events
+            assert not [e for e in events if "evaluation failed" in e.get("message", "")], events
         # The finalizer and Kopf's annotations on each object are its own shard's only: one each.
         for ns in shards:
             meta = json.loads(testbed.kubectl("get", "cslo", "svc", "-n", ns, "-o", "json").stdout)["metadata"]
