@@ -164,7 +164,11 @@ def status_patches(env: dict[str, str]) -> float:
 
 
 def ready_states(env: dict[str, str]) -> dict[str, tuple[str, str]]:
-    items = json.loads(kubectl(env, "get", "customerslos", "-A", "-o", "json"))["items"]
+    items = [
+        i
+        for i in json.loads(kubectl(env, "get", "customerslos", "-A", "-o", "json"))["items"]
+        if i["metadata"]["namespace"].startswith("fleet-")
+    ]
     out = {}
     for item in items:
         ready = next((c for c in (item.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
@@ -312,7 +316,7 @@ def main() -> int:
             deadline = time.monotonic() + 300
             while operator is not None and time.monotonic() < deadline:
                 try:
-                    if not json.loads(kubectl(env, "get", "customerslos", "-A", "-o", "json"))["items"]:
+                    if not ready_states(env):
                         break
                 except subprocess.CalledProcessError:
                     break

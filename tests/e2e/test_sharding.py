@@ -78,6 +78,7 @@ def test_two_shards_with_disjoint_namespaces_never_touch_each_others_objects(
         testbed.kubectl("delete", "cslo", "svc", "-n", other, "--wait=true", "--timeout=60s")
         assert (namespace, "svc") in evaluated(shards[namespace])
         assert "svc" not in {n for _, n in evaluated(shards[other])}
+        testbed.kubectl("delete", "cslo", "svc", "-n", namespace, "--wait=true", "--timeout=60s")
     finally:
         for op in shards.values():
             op.stop()
