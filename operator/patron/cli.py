@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import yaml
 
-from patron.config import OperatorConfig, split_list
+from patron.config import MAX_CONCURRENT_EVALUATIONS, OperatorConfig, split_list
 from patron.impact.connection import Connection
 from patron.text import printable, table
 
@@ -120,6 +120,16 @@ def _priority(value: str | None, peering: str | None) -> int:
     return secrets.randbelow(32767) + 1 if peering else 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import kopf
     from prometheus_client import start_http_server
@@ -147,6 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         namespace_label=args.namespace_label,
         prometheus_connection=_connection(args, "prometheus"),
         alertmanager_connection=_connection(args, "alertmanager"),
+        max_concurrent_evaluations=args.max_concurrent_evaluations,
     )
     # Kopf's own formatters: FULL for people, JSON (one object per line, with the object's
     # namespace/name) for log pipelines.
@@ -413,6 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("PATRON_RELEASE_GIVE_UP", "10m"),
         help="on delete, how long after the deletionTimestamp Patron keeps trying to give back "
         "what it holds before it lets the CustomerSLO go with a ReleaseAbandoned Event (default 10m)",
+    )
+    run.add_argument(
+        "--max-concurrent-evaluations",
+        type=_positive,
+        default=os.environ.get("PATRON_MAX_CONCURRENT_EVALUATIONS", str(MAX_CONCURRENT_EVALUATIONS)),
+        help="CustomerSLO evaluations running at once; the others wait, earliest due first "
+        f"(default {MAX_CONCURRENT_EVALUATIONS}, $PATRON_MAX_CONCURRENT_EVALUATIONS)",
     )
     run.add_argument("--log-format", choices=("plain", "json"), default=os.environ.get("PATRON_LOG_FORMAT", "plain"))
     _add_namespace_label(run)

@@ -9,6 +9,8 @@ from patron.impact.connection import Connection
 # On delete, Patron tries to give back what it holds for this long (seconds) after the
 # deletionTimestamp, then lets the CustomerSLO go with a ReleaseAbandoned Warning Event.
 RELEASE_GIVE_UP = 600.0
+# Evaluations running at once (--max-concurrent-evaluations): suits a small node (docs/operations.md).
+MAX_CONCURRENT_EVALUATIONS = 4
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class OperatorConfig:
     namespace_label: str | None = None  # tenancy: every selector gets <label>="<its CustomerSLO's namespace>"
     prometheus_connection: Connection = field(default_factory=Connection)
     alertmanager_connection: Connection = field(default_factory=lambda: Connection("--alertmanager"))
+    max_concurrent_evaluations: int = MAX_CONCURRENT_EVALUATIONS
 
 
 def split_list(values: list[str] | None) -> tuple[str, ...]:

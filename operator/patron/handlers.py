@@ -1,10 +1,12 @@
-"""Kopf handlers: thin. Every trigger runs the same idempotent `reconcile`."""
+"""Kopf handlers: thin. They enlist CustomerSLOs in one scheduler (patron.schedule), which runs the
+same idempotent `reconcile` for each when it is due, at most --max-concurrent-evaluations at once."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -20,16 +22,20 @@ from patron.impact.assess import Assessment, DataProblem
 from patron.impact.evaluate import evaluate_now
 from patron.impact.prometheus import Prometheus
 from patron.kube import K8s, StatusWriter, api_client
-from patron.reconcile import Event, Outcome, evaluated, failed, material, parse_spec
+from patron.reconcile import Event, Outcome, evaluated, failed, lag_threshold, lagging, material, parse_spec
+from patron.schedule import Schedule, Scheduler
 from patron.status import parse_timestamp
 from patron.text import printable
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
-# A status whose only change is lastEvaluationTime is still written this often, as a heartbeat.
+# A status whose only change is lastEvaluationTime is still written this often, as a heartbeat;
+# in a large fleet less often, so that heartbeats add up to at most HEARTBEATS_PER_SECOND writes.
 HEARTBEAT_SECONDS = 60.0
-# How often each CustomerSLO checks whether its spec.interval has passed (the finest interval).
-TICK_SECONDS = 2.0
+HEARTBEATS_PER_SECOND = 1.0
+# A resumed CustomerSLO (operator start, peering takeover) is first due within this many seconds
+# (at most its interval), spread uniformly: a restart does not evaluate the whole fleet at once.
+RESUME_SPREAD = 10.0
 # While a deleted CustomerSLO still holds changes, giving them back is retried this often.
 RELEASE_RETRY_SECONDS = 10.0
 
@@ -55,6 +61,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Kopf retries listing them for about a minute before falling back to exactly those names.
     if config.namespaces and not any(set("*?!,") & set(ns) for ns in config.namespaces):
         settings.scanning.disabled = True
+    memo.kopf_settings = settings
+    memo.fleet = Fleet(config.max_concurrent_evaluations)
     memo.prometheus = Prometheus(config.prometheus_url, config.prometheus_timeout, config.prometheus_connection)
     memo.kube = K8s(api_client())
     memo.alerts = (
@@ -68,7 +76,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 @kopf.on.cleanup()
 async def stop_alerts(memo: kopf.Memo, **_: Any) -> None:
-    """Deliver the alerts still queued (for a few seconds at most), then stop the senders."""
+    """Stop the scheduler; deliver the alerts still queued (for a few seconds at most), then stop the senders."""
+    if memo.get("fleet") is not None:
+        memo.fleet.stop()
     if memo.get("alerts") is not None:
         await memo.alerts.close()
 
@@ -78,7 +88,8 @@ async def on_delete(name: str, namespace: str | None, memo: Any, logger: Logger,
     """Give back what Patron holds for this CustomerSLO before it goes (patron.actions.release).
     The finalizer stays (a TemporaryError retries) until nothing is held, or until RELEASE_GIVE_UP
     after the deletionTimestamp: then a ReleaseAbandoned Warning names what was left behind."""
-    async with _lock(memo):
+    memo.fleet.dismiss((namespace or "", name))
+    async with _lock(memo):  # an evaluation still running finishes first
         metrics.forget(namespace or "", name)
         k8s: K8s = memo.kube
         obj = await k8s.get("CustomerSLO", namespace or "", name)
@@ -116,23 +127,85 @@ def _post(obj: dict[str, Any], event: Event) -> None:
     kopf.event(cast(kopf.Body, obj), type=event.type, reason=event.reason, message=printable(event.message)[:1024])
 
 
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class Member:
+    memo: Any  # the CustomerSLO's own Kopf memo: it holds the object's lock
+    logger: Logger
+
+
+class Fleet:
+    """The CustomerSLOs this operator evaluates, and the one scheduler that runs them."""
+
+    def __init__(self, limit: int) -> None:
+        self.members: dict[Key, Member] = {}
+        self.scheduler: Scheduler[Key] = Scheduler(Schedule(limit), self._evaluate)
+        self.task: asyncio.Task[None] | None = None
+
+    def enlist(self, key: Key, interval: float, member: Member, spread: float) -> None:
+        """Scheduled (again) within `spread` seconds from now; an earlier due time stays."""
+        if self.task is None:
+            self.task = asyncio.create_task(self.scheduler.run(), name="patron scheduler")
+        self.members[key] = member
+        self.scheduler.put(key, interval, spread)
+        metrics.SCHEDULED.set(len(self.members))
+
+    def dismiss(self, key: Key) -> None:
+        self.members.pop(key, None)
+        self.scheduler.remove(key)
+        metrics.SCHEDULED.set(len(self.members))
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _evaluate(self, key: Key, lag: float) -> None:
+        member = self.members.get(key)
+        if member is None:
+            return
+        metrics.EVALUATION_LAG.observe(lag)
+        await reconcile(key[0], key[1], member.memo, member.logger, lag)
+
+
+def _interval(spec: kopf.Spec) -> float:
+    try:
+        return float(parse_duration(str(spec.get("interval", "30s"))))
+    except ValueError:
+        return 30.0
+
+
+def _enlist(name: str, namespace: str | None, spec: kopf.Spec, body: kopf.Body, memo: Any, spread: float) -> None:
+    # Scheduled evaluations log without posting Events: Events are the outcome's, on transitions only.
+    logger = kopf.LocalObjectLogger(body=body, settings=memo.kopf_settings)
+    memo.fleet.enlist((namespace or "", name), _interval(spec), Member(memo, logger), spread)
+
+
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
+async def on_change(name: str, namespace: str | None, spec: kopf.Spec, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A new or changed CustomerSLO is due at once."""
+    _enlist(name, namespace, spec, body, memo, 0.0)
+
+
 @kopf.on.resume(*RESOURCE)
-async def on_change(name: str, namespace: str | None, memo: Any, logger: Logger, **_: Any) -> None:
-    await reconcile(namespace or "", name, memo, logger)
+async def on_resume(name: str, namespace: str | None, spec: kopf.Spec, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _enlist(name, namespace, spec, body, memo, min(_interval(spec), RESUME_SPREAD))
 
 
-@kopf.timer(*RESOURCE, interval=TICK_SECONDS)
-async def on_tick(name: str, namespace: str | None, spec: kopf.Spec, memo: Any, logger: Logger, **_: Any) -> None:
-    """Kopf timers have one fixed interval; this one re-evaluates when spec.interval has passed."""
-    last = memo.get("last_evaluation", 0.0)
+@kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
+async def scheduled(
+    name: str, namespace: str | None, spec: kopf.Spec, body: kopf.Body, memo: Any, stopped: Any, **_: Any
+) -> None:
+    """A CustomerSLO is scheduled while this daemon runs. Kopf stops daemons when an object is being
+    deleted and while a peer of higher priority works (peering pause), and starts them again after
+    the pause: so a standby replica evaluates nothing."""
+    _enlist(name, namespace, spec, body, memo, min(_interval(spec), RESUME_SPREAD))
     try:
-        interval = parse_duration(str(spec.get("interval", "30s")))
-    except ValueError:
-        interval = 30
-    if time.monotonic() - last >= interval:
-        await reconcile(namespace or "", name, memo, logger)
+        await stopped.wait()
+    finally:
+        memo.fleet.dismiss((namespace or "", name))
 
 
 def _lock(memo: Any) -> asyncio.Lock:
@@ -142,10 +215,12 @@ def _lock(memo: Any) -> asyncio.Lock:
     return lock
 
 
-async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> None:
-    """Read the object afresh, evaluate, write status if it changed, post Events. Idempotent."""
+async def reconcile(namespace: str, name: str, memo: Any, logger: Logger, lag: float = 0.0) -> None:
+    """Read the object afresh, evaluate, write status if it changed, post Events. Idempotent.
+
+    `lag`: how late this evaluation started (seconds past due); past lag_threshold it is Lagging.
+    """
     async with _lock(memo):
-        memo.last_evaluation = time.monotonic()
         k8s: K8s = memo.kube
         obj = await k8s.get("CustomerSLO", namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
@@ -161,6 +236,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
             spec = parse_spec(obj.get("spec") or {}, memo.config.namespace_label, namespace)
             assessment = await evaluate_now(spec, memo.prometheus, f"{namespace}/{name}")
             outcome = evaluated(spec, previous, assessment, generation, now)
+            outcome = lagging(outcome, lag, lag_threshold(parse_duration(spec.interval)), generation, now)
             metrics.IMPACTED.labels(namespace, name).set(len(assessment.impacted))
             metrics.EVALUATIONS.labels(outcome="Evaluated").inc()
         except DataProblem as problem:
@@ -173,15 +249,21 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger) -> Non
         context = _context(obj, memo, logger, now)
         outcome = await act(context, spec, assessment, outcome)
         metrics.observe(namespace, name, outcome.status, time.monotonic() - started)
-        if _worth_writing(context.writer.current, outcome.status, now):
+        heartbeat = heartbeat_seconds(len(memo.fleet.members))
+        if _worth_writing(context.writer.current, outcome.status, now, heartbeat):
             await context.writer.write(outcome.status)
         for event in outcome.events:
             _post(obj, event)
 
 
-def _worth_writing(previous: dict[str, Any], status: dict[str, Any], now: datetime) -> bool:
+def heartbeat_seconds(objects: int) -> float:
+    """max(HEARTBEAT_SECONDS, objects / HEARTBEATS_PER_SECOND): 60 s up to 60 CustomerSLOs, 1,000 s for 1,000."""
+    return max(HEARTBEAT_SECONDS, objects / HEARTBEATS_PER_SECOND)
+
+
+def _worth_writing(previous: dict[str, Any], status: dict[str, Any], now: datetime, heartbeat: float) -> bool:
     """Write when something material changed, or as a heartbeat of lastEvaluationTime."""
     if material(previous) != material(status):
         return True
     last = previous.get("lastEvaluationTime")
-    return last is None or (now - parse_timestamp(last)).total_seconds() >= HEARTBEAT_SECONDS
+    return last is None or (now - parse_timestamp(last)).total_seconds() >= heartbeat

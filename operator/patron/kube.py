@@ -1,4 +1,5 @@
-"""The Kubernetes adapter: every API call Patron makes, off the event loop, as raw JSON (dicts).
+"""The Kubernetes adapter: every API call Patron makes, as raw JSON (dicts), in its own bounded
+thread pool (patron.pools) off the event loop.
 
 Paths are built only by `object_path` from a resource kind Patron knows, a namespace and a name that
 are checked against Kubernetes' name rules first: no string from a status or spec is ever pasted into
@@ -20,6 +21,7 @@ from typing import Any, Literal, cast
 import kubernetes
 
 from patron.api.models import API_GROUP, API_VERSION, OBJECT_NAME_PATTERN, PLURAL
+from patron.pools import Pool
 from patron.status import merge_patch
 
 FIELD_MANAGER = "patron.dev"
@@ -30,6 +32,8 @@ REQUEST_TIMEOUT = 30
 RETRIES_429 = 3
 MAX_RETRY_AFTER = 10.0
 DEFAULT_RETRY_AFTER = 1.0
+# Threads for API calls (the client's connection pool holds 10 connections).
+THREADS = 8
 
 ResourceKind = Literal["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "ReplicaSet", "CustomerSLO"]
 Subresource = Literal["status"]
@@ -110,6 +114,7 @@ class K8s:
     ) -> None:
         self.client = client
         self.sleep = sleep
+        self.pool = Pool("kube", THREADS)
 
     async def _call(
         self,
@@ -131,7 +136,7 @@ class K8s:
         if method != "GET":
             params.append(("fieldManager", FIELD_MANAGER))
         for attempt in range(RETRIES_429 + 1):
-            status, reason, got, text = await asyncio.to_thread(self.send, method, path, headers, params, body)
+            status, reason, got, text = await self.pool.run(self.send, method, path, headers, params, body)
             if 200 <= status <= 299:
                 return cast(dict[str, Any], json.loads(text) if text else {})
             if status != 429 or attempt == RETRIES_429:

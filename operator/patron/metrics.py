@@ -20,6 +20,12 @@ QUERIES = Counter("patron_prometheus_queries_total", "Prometheus queries by outc
 QUERY_SECONDS = Histogram("patron_prometheus_query_duration_seconds", "Wall time of one Prometheus query.")
 ACTIONS = Counter("patron_actions_total", "Actions decided, by kind and what happened.", ["action", "result"])
 ERRORS = Counter("patron_errors_total", "Unexpected errors in handlers.", ["where"])
+EVALUATION_LAG = Histogram(
+    "patron_evaluation_lag_seconds",
+    "How late evaluations start: start - due time (the wait for a --max-concurrent-evaluations slot).",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+SCHEDULED = Gauge("patron_scheduled_customerslos", "CustomerSLOs this operator evaluates (0 on a standby peer).")
 SLO = ["namespace", "customerslo"]
 IMPACTED = Gauge("patron_impacted_customers", "Impacted customers per CustomerSLO.", SLO)
 LAST_EVALUATION = Gauge(

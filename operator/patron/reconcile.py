@@ -17,6 +17,8 @@ from patron.status import impact_fields, impact_message, next_incident, set_cond
 # Status fields that change every evaluation without meaning anything changed: a status that
 # differs only in these is not written (but for the heartbeat), and no message carries them.
 VOLATILE = ("lastEvaluationTime", "dataAgeSeconds")
+# An evaluation that starts more than max(interval, LAG_FLOOR) seconds after it was due is Lagging.
+LAG_FLOOR = 30.0
 
 
 @dataclass(frozen=True)
@@ -107,3 +109,28 @@ def evaluated(
 def material(status: Mapping[str, Any]) -> dict[str, Any]:
     """The status without fields that change on every evaluation."""
     return {k: v for k, v in status.items() if k not in VOLATILE}
+
+
+def lag_threshold(interval: float) -> float:
+    """Seconds past due after which an evaluation is Lagging: max(interval, LAG_FLOOR)."""
+    return max(interval, LAG_FLOOR)
+
+
+def lagging(outcome: Outcome, lag: float, threshold: float, generation: int | None, now: datetime) -> Outcome:
+    """Ready=True reason Lagging when the evaluation started more than `threshold` s late.
+
+    The data was evaluated (Ready stays True) but later than spec.interval promises: the operator
+    has more work than its concurrency limit keeps up with. The message names no figure, so a
+    lagging fleet does not rewrite every status on every evaluation.
+    """
+    conditions = outcome.status.get("conditions") or []
+    ready = next((c for c in conditions if c.get("type") == "Ready"), None)
+    if lag <= threshold or ready is None or ready.get("status") != "True":
+        return outcome
+    message = (
+        f"{ready.get('message', '')}; started more than {threshold:g} s after it was due: the operator is "
+        "overloaded (patron_evaluation_lag_seconds; raise --max-concurrent-evaluations or shard)"
+    )
+    status = dict(outcome.status)
+    status["conditions"] = set_condition(conditions, "Ready", "True", "Lagging", message, generation, now)
+    return Outcome(status, outcome.events)

@@ -89,6 +89,7 @@ VALUE_SETS = {
         "actions": {"throttle": {"enabled": True}, "scale": {"enabled": True}, "rollback": {"enabled": True}},
         "alertmanagerUrls": ["http://am-0:9093", "http://am-1:9093"],
         "dryRun": True,
+        "maxConcurrentEvaluations": 16,
         "tenancy": {"namespaceLabel": "namespace"},
         "logFormat": "json",
         "metrics": {"port": 9000, "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"a": "b"}}},
@@ -143,6 +144,7 @@ def test_deployment_runs_patron_hardened() -> None:
     assert env(docs) == {
         "PATRON_PROMETHEUS_URL": "http://prometheus-operated.monitoring.svc:9090",
         "PATRON_DRY_RUN": "false",
+        "PATRON_MAX_CONCURRENT_EVALUATIONS": "4",
         "PATRON_LOG_FORMAT": "plain",
         "PATRON_METRICS_PORT": "9464",
         "PATRON_METRICS_ADDRESS": "0.0.0.0",
@@ -159,6 +161,7 @@ def test_values_reach_the_operator_flags() -> None:
         "PATRON_NAMESPACES": "shop,payments",
         "PATRON_DRY_RUN": "true",
         "PATRON_ENFORCE_NAMESPACE_LABEL": "namespace",
+        "PATRON_MAX_CONCURRENT_EVALUATIONS": "16",
         "PATRON_LOG_FORMAT": "json",
         "PATRON_METRICS_PORT": "9000",
         "PATRON_METRICS_ADDRESS": "0.0.0.0",

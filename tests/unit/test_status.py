@@ -108,3 +108,26 @@ def test_failure_events_only_when_the_reason_changes() -> None:
     partial = failed(again.status, DataProblem("PartialData", "3 of 10"), 1, T0 + timedelta(seconds=90))
     assert [e.reason for e in partial.events] == ["PartialData"]
     assert failed(partial.status, DataProblem("PartialData", "4 of 10"), 1, T0 + timedelta(seconds=120)).events == ()
+
+
+def test_lagging_keeps_ready_true_with_reason_lagging_past_the_threshold() -> None:
+    from patron.reconcile import LAG_FLOOR, Outcome, lag_threshold, lagging
+
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    ready = {
+        "type": "Ready",
+        "status": "True",
+        "reason": "Evaluated",
+        "message": "evaluated 50 active customers",
+        "lastTransitionTime": "2026-12-02T11:00:00Z",
+    }
+    outcome = Outcome({"conditions": [ready]})
+    assert lag_threshold(10.0) == LAG_FLOOR and lag_threshold(120.0) == 120.0
+    assert lagging(outcome, 29.0, 30.0, 1, now) is outcome
+    late = lagging(outcome, 31.0, 30.0, 1, now).status["conditions"][0]
+    assert (late["status"], late["reason"]) == ("True", "Lagging")
+    assert late["message"].startswith("evaluated 50 active customers; started more than 30 s after it was due")
+    # The message names no measured figure: a lagging object is not rewritten on every evaluation.
+    assert lagging(outcome, 95.0, 30.0, 1, now).status == lagging(outcome, 31.0, 30.0, 1, now).status
+    failed = Outcome({"conditions": [{**ready, "status": "False", "reason": "NoData"}]})
+    assert lagging(failed, 100.0, 30.0, 1, now) is failed  # a failure keeps its own reason

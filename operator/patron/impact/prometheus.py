@@ -1,4 +1,10 @@
-"""The Prometheus adapter: runs a QueryPlan through prometheus-api-client, off the event loop."""
+"""The Prometheus adapter: runs a QueryPlan through prometheus-api-client in its own bounded thread
+pool (patron.pools), off the event loop.
+
+Timeouts measure Prometheus alone: the wait for a pool thread is not timed, a query is bounded by
+`timeout` (client read timeout and Prometheus' own `timeout` parameter), and a failed or timed-out
+query is never retried within the evaluation (the next evaluation asks again).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,19 @@ from datetime import datetime
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from requests import RequestException
+from urllib3.util.retry import Retry
 
 from patron import metrics
 from patron.impact.assess import DataProblem, Series
 from patron.impact.connection import Connection, ConnectionOptionError
 from patron.impact.queries import BUDGET_REFRESH, QueryPlan
+from patron.pools import Pool
 
 DEFAULT_TIMEOUT = 10.0
+# Threads for Prometheus queries: more only queue inside Prometheus (it runs a few queries at once).
+THREADS = 8
+# Budget-window results kept at most (PromQL -> result), oldest dropped first; expired ones go too.
+BUDGET_CACHE_SIZE = 4096
 # A range query's result: per series its labels and (unix time, value) samples, oldest first.
 RangeSeries = list[tuple[dict[str, str], list[tuple[float, float]]]]
 
@@ -28,13 +40,15 @@ class Prometheus:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.connection = connection or Connection()
-        self._client = PrometheusConnect(url=self.url, disable_ssl=False, timeout=timeout)
+        # Retry(0): prometheus-api-client retries 3 times by default, into an overloaded Prometheus.
+        self._client = PrometheusConnect(url=self.url, disable_ssl=False, timeout=timeout, retry=Retry(0))
         self._client._session.verify = self.connection.verify()
-        self._budget_cache: dict[str, tuple[float, Series]] = {}
+        self._pool = Pool("prometheus", THREADS)
+        self._budget_cache: dict[str, tuple[float, Series]] = {}  # insertion order = age
 
     def query(self, promql: str, at: datetime | None = None) -> Series:
         """One instant query; a vector or scalar result as (labels, value) pairs."""
-        params = {"time": f"{at.timestamp():.3f}"} if at else {}
+        params = {"timeout": f"{self.timeout:g}s", **({"time": f"{at.timestamp():.3f}"} if at else {})}
         return _parse(self._call(promql, lambda: self._client.custom_query(promql, params=params)))
 
     def query_range(self, promql: str, start: datetime, end: datetime, step_seconds: int) -> RangeSeries:
@@ -90,14 +104,24 @@ class Prometheus:
                 raise result
         fresh: dict[str, Series] = dict(zip(names, results, strict=True))  # type: ignore[arg-type]
         for n in fresh.keys() & plan.budget_only:
-            self._budget_cache[plan.queries[n]] = (now, fresh[n])
+            self._remember(plan.queries[n], now, fresh[n])
         return {**fresh, **reused}
+
+    def _remember(self, promql: str, now: float, result: Series) -> None:
+        """Cache a budget-window result: expired entries and those over BUDGET_CACHE_SIZE go, oldest first."""
+        cache = self._budget_cache
+        cache.pop(promql, None)
+        cache[promql] = (now, result)
+        while cache and (len(cache) > BUDGET_CACHE_SIZE or now - next(iter(cache.values()))[0] >= BUDGET_REFRESH):
+            del cache[next(iter(cache))]
 
     async def _in_thread(
         self, fn: Callable[[str, datetime | None], Series], promql: str, at: datetime | None
     ) -> Series:
+        """fn in a Prometheus pool thread; only the call itself is timed (a little over `timeout`,
+        which the client and Prometheus enforce themselves)."""
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, promql, at), timeout=self.timeout + 5)
+            return await self._pool.run(fn, promql, at, timeout=self.timeout + 5)
         except TimeoutError as err:
             raise DataProblem("PrometheusUnavailable", f"Prometheus at {self.url} timed out") from err
 
