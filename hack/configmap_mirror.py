@@ -152,6 +152,9 @@ def main() -> None:
         except (OSError, ValueError, KeyError, http.client.HTTPException) as err:  # e.g. the API server restarted
             log.warning("%s; listing again in 1 s", err)
             time.sleep(1)
+        except Exception:  # a mirror that dies leaves the service on stale limits: log it and go on
+            log.exception("unexpected error; listing again in 1 s")
+            time.sleep(1)
 
 
 if __name__ == "__main__":

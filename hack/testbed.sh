@@ -326,7 +326,8 @@ component_command() {
         --dir "$STATE/ratelimit/redis" --set-proc-title no)
       ;;
     ratelimit-mirror)
-      CMD=(python3 "$ROOT/hack/configmap_mirror.py" --server="https://127.0.0.1:$APISERVER_PORT"
+      # The interpreter itself, not a version-manager shim (pyenv's shim is a chain of scripts).
+      CMD=("$(python3 -c 'import sys; print(sys.executable)')" "$ROOT/hack/configmap_mirror.py" --server="https://127.0.0.1:$APISERVER_PORT"
         --token-file="$PKI/tokens.csv" --ca-file="$PKI/apiserver.crt"
         --config-map="$(<"$RATELIMIT_SOURCE")" --dir="$RATELIMIT_MOUNT")
       ;;
