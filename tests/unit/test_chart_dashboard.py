@@ -13,7 +13,7 @@ DASHBOARD = CHART / "dashboards" / "patron.json"
 
 def test_dashboard_queries_use_documented_metrics_per_customerslo() -> None:
     board = json.loads(DASHBOARD.read_text())
-    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "namespace", "customerslo"]
+    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "namespace", "customerslo", "window"]
     exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
     exprs += [a["expr"] for a in board["annotations"]["list"] if "expr" in a]
     docs = (REPO / "docs" / "operations.md").read_text()
