@@ -91,6 +91,15 @@ def test_every_dashboard_query_returns_data_during_an_incident(world: World, tmp
         w.apply(manifest)
         # No traffic yet: evaluations fail with NoData, a real failure for the failures panel.
         wait_for(lambda: w.condition("Ready").get("reason") == "NoData", timeout=90, what="Ready=False NoData")
+        # Prometheus has scraped the operator before the incident (no action held yet), so the actions
+        # annotation's changes() sees the Alert go from 0 to 1.
+        sel = f'namespace="{ns}", customerslo="checkout"'
+        before = f'patron_customerslo_actions{{{sel}, type="Alert"}} == 0'
+        wait_for(
+            lambda: prometheus(url, "/api/v1/query", query=before)["data"]["result"],
+            timeout=90,
+            what="Prometheus to scrape the operator before the incident",
+        )
         w.exporter.set("acme", rps=5, errors=1.0)
         for peer in ("beta", "gamma"):
             w.exporter.set(peer, rps=5)
@@ -102,7 +111,6 @@ def test_every_dashboard_query_returns_data_during_an_incident(world: World, tmp
             what="an incident with the alert held",
             explain=w.log_tail,
         )
-        sel = f'namespace="{ns}", customerslo="checkout"'
         held = (
             f'patron_customerslo_customers{{{sel}, state="impacted"}} == 1 '
             f'and on() patron_customerslo_actions{{{sel}, type="Alert"}} == 1'
