@@ -248,7 +248,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger, lag: f
             metrics.LAST_EVALUATION.labels(namespace, name).set_to_current_time()
         context = _context(obj, memo, logger, now)
         outcome = await act(context, spec, assessment, outcome)
-        metrics.observe(namespace, name, outcome.status, time.monotonic() - started)
+        metrics.observe(namespace, name, outcome.status, time.monotonic() - started, spec)
         heartbeat = heartbeat_seconds(len(memo.fleet.members))
         if _worth_writing(context.writer.current, outcome.status, now, heartbeat):
             await context.writer.write(outcome.status)

@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from patron.api.models import SEVERITY_ORDER
+from patron.api.models import SEVERITY_ORDER, CustomerSLOSpec
 
 EVALUATIONS = Counter("patron_evaluations_total", "CustomerSLO evaluations by outcome (Ready reason).", ["outcome"])
 EVALUATION_SECONDS = Histogram("patron_evaluation_duration_seconds", "Wall time of one evaluation.")
@@ -40,6 +40,11 @@ CUSTOMERS = Gauge(
     [*SLO, "state"],
 )
 WEIGHTED_IMPACT = Gauge("patron_customerslo_weighted_impact", "status.weightedImpact (0 to 1).", SLO)
+ERROR_BUDGET = Gauge(
+    "patron_customerslo_error_budget",
+    "1 - spec.objective/100, the allowed error ratio: a burn rate is an error ratio over it.",
+    SLO,
+)
 INCIDENT_OPEN = Gauge("patron_customerslo_incident_open", "1 while status.incident has no end, else 0.", SLO)
 HELD = Gauge(
     "patron_customerslo_actions",
@@ -68,19 +73,25 @@ PER_SLO = (
     CUSTOMERS,
     WEIGHTED_IMPACT,
     INCIDENT_OPEN,
+    ERROR_BUDGET,
     HELD,
     SLO_EVALUATION_SECONDS,
     FAILURES,
 )
 
 
-def observe(namespace: str, name: str, status: Mapping[str, Any], seconds: float) -> None:
-    """Set every per-CustomerSLO metric from the status one evaluation wrote, taking `seconds`.
+def observe(
+    namespace: str, name: str, status: Mapping[str, Any], seconds: float, spec: CustomerSLOSpec | None = None
+) -> None:
+    """Set every per-CustomerSLO metric from the status one evaluation wrote, taking `seconds`, and
+    the error budget from its `spec` (None: the spec did not parse).
 
     The gauges mirror the status: after a failed evaluation (Ready=False) they keep the last measured
     values, as the status does, and the failure is counted by its reason. A field the status lacks
-    (never evaluated) leaves its gauge unset rather than 0.
+    (never evaluated) leaves its gauge unset rather than 0; so does a spec that never parsed.
     """
+    if spec is not None:
+        ERROR_BUDGET.labels(namespace, name).set(spec.error_budget)
     SLO_EVALUATION_SECONDS.labels(namespace, name).observe(seconds)
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
     if ready is not None and ready.get("status") == "False":

@@ -6,6 +6,7 @@ are backfilled too (`promtool tsdb create-blocks-from rules`), one level at a ti
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -21,13 +22,14 @@ from patron.impact.assess import Assessment
 from patron.impact.evaluate import evaluate
 from patron.impact.prometheus import Prometheus
 from patron.impact.queries import FRESHNESS, plan_queries
-from patron.impact.rules import coverage_query, covered_reads, rule_file, with_recorded
+from patron.impact.rules import coverage_query, covered_reads, layout, rule_file, span, with_recorded
 from patron.reconcile import parse_spec
 from tests.support.catalog import SCENARIOS, latency_indicator, manifest
 from tests.support.promserver import PROMTOOL, PrometheusServer
 from tests.support.scenarios import HOUR, openmetrics
 
 RULES = Path(__file__).parent / "rules"
+DASHBOARD = Path(__file__).resolve().parents[2] / "charts" / "patron" / "dashboards" / "patron.json"
 ENTERPRISE = {"tiers": [{"name": "enterprise", "weight": 10, "customers": ["acme"]}]}
 NAMESPACE = "shop"
 # Every CustomerSLO of tests/prometheus/test_scenarios.py, plus a budget window longer than the
@@ -62,7 +64,7 @@ def recorded_prometheus(tmp_path_factory: pytest.TempPathFactory, scenario_end: 
     """The scenarios plus every case's recording rules, backfilled over the data's 7 hours."""
     workdir = tmp_path_factory.mktemp("recorded-prometheus")
     server = PrometheusServer(workdir)
-    server.load(openmetrics(SCENARIOS, scenario_end))
+    server.load(openmetrics(SCENARIOS, scenario_end).replace("# EOF", _error_budgets(scenario_end)))
     server.start()
     # One level per window (each reads the one before), then the budget level.
     levels: dict[int, list[dict[str, Any]]] = {}
@@ -80,6 +82,18 @@ def recorded_prometheus(tmp_path_factory: pytest.TempPathFactory, scenario_end: 
     server.backfill_rules(files, scenario_end - 7 * HOUR, scenario_end)
     yield server
     server.stop()
+
+
+def _error_budgets(end: float) -> str:
+    """The operator's patron_customerslo_error_budget of every case over the last 5 minutes, plus a
+    decoy of the same name in another namespace (the dashboard must join on both labels), then # EOF."""
+    rows = ["# TYPE patron_customerslo_error_budget gauge"]
+    for name, body in CASES.items():
+        budget = parse_spec(body["spec"]).error_budget
+        for namespace, value in ((NAMESPACE, budget), ("decoy", budget * 7)):
+            labels = f'namespace="{namespace}",customerslo="{name}",job="patron"'
+            rows += [f"patron_customerslo_error_budget{{{labels}}} {value!r} {end - t}" for t in range(300, -1, -30)]
+    return "\n".join([*rows, "# EOF"])
 
 
 def _both(server: PrometheusServer, end: float, name: str) -> tuple[Assessment, Assessment]:
@@ -148,6 +162,26 @@ def test_rules_give_known_answers_in_promtool_test(tmp_path: Path) -> None:
     shutil.copy(RULES / "api.test.yaml", tmp_path)
     result = subprocess.run([PROMTOOL, "test", "rules", "api.test.yaml"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("name", "worst", "burn"), [("one-down", "acme", 1000.0), ("slow", "sloth", 500.0)])
+def test_dashboard_burn_rate_panel_reads_the_recorded_series(
+    recorded_prometheus: PrometheusServer, scenario_end: float, name: str, worst: str, burn: float
+) -> None:
+    """The Grafana panel's query, variables filled in, over the shortest recorded window: acme fails
+    every request (ratio SLO), half of sloth's are slow (latency SLO); objective 99.9%."""
+    board = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in board["panels"] if p["title"] == "Worst customers' burn rate"]
+    window = span(layout(parse_spec(CASES[name]["spec"])).shortest)
+    expr = panel["targets"][0]["expr"].replace("$namespace", NAMESPACE).replace("$customerslo", name)
+    result = Prometheus(recorded_prometheus.url).query(
+        expr.replace("$window", f"rate{window}"), datetime.fromtimestamp(scenario_end, UTC)
+    )
+    burns = {labels["customer"]: value for labels, value in result}
+    assert [set(labels) for labels, _ in result] == [{"customer"}] * len(result)
+    assert 1 < len(burns) <= 10 and max(burns, key=lambda c: burns[c]) == worst
+    assert burns[worst] == pytest.approx(burn, rel=0.01)
+    assert all(v == pytest.approx(0, abs=1e-9) for c, v in burns.items() if c != worst)
 
 
 def _cli(*args: str) -> str:

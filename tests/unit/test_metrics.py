@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY
 
 from patron import metrics
+from patron.api.models import CustomerSLOSpec
 
 
 def value(name: str, **labels: str) -> float | None:
@@ -32,9 +33,19 @@ STATUS = {
 }
 
 
+SPEC = CustomerSLOSpec.model_validate(
+    {
+        "service": "checkout",
+        "objective": 99.5,
+        "indicator": {"ratio": {"errors": 'req_total{code=~"5.."}', "total": "req_total"}},
+    }
+)
+
+
 def test_observe_sets_every_series_and_forget_drops_them() -> None:
     slo = {"namespace": "shop", "customerslo": "checkout"}
-    metrics.observe("shop", "checkout", STATUS, 0.25)
+    metrics.observe("shop", "checkout", STATUS, 0.25, SPEC)
+    assert value("patron_customerslo_error_budget", **slo) == SPEC.error_budget == 1 - 99.5 / 100
     assert value("patron_customerslo_severity", **slo) == 2
     states = ("active", "impacted", "lost", "storming")
     assert [value("patron_customerslo_customers", **slo, state=s) for s in states] == [120, 4, 1, 2]
@@ -51,12 +62,14 @@ def test_observe_sets_every_series_and_forget_drops_them() -> None:
     metrics.observe("shop", "checkout", failed, 0.1)
     assert value("patron_customerslo_evaluation_failures_total", **slo, reason="NoData") == 2
     assert value("patron_customerslo_severity", **slo) == 2 and value("patron_customerslo_incident_open", **slo) == 0
+    assert value("patron_customerslo_error_budget", **slo) == SPEC.error_budget  # no spec: the last one's
 
-    metrics.observe("shop", "other", STATUS, 0.1)
+    metrics.observe("shop", "other", STATUS, 0.1, SPEC)
     metrics.forget("shop", "checkout")
     text = "\n".join(f"{s.name}{s.labels}" for m in REGISTRY.collect() for s in m.samples)
     assert "'customerslo': 'checkout'" not in text
     assert value("patron_customerslo_severity", namespace="shop", customerslo="other") == 2
+    assert value("patron_customerslo_error_budget", namespace="shop", customerslo="other") == SPEC.error_budget
 
 
 def test_never_evaluated_leaves_gauges_unset() -> None:
@@ -64,6 +77,7 @@ def test_never_evaluated_leaves_gauges_unset() -> None:
         "shop", "fresh", {"conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec"}]}, 0.0
     )
     assert value("patron_customerslo_severity", namespace="shop", customerslo="fresh") is None
+    assert value("patron_customerslo_error_budget", namespace="shop", customerslo="fresh") is None
     assert value("patron_customerslo_customers", namespace="shop", customerslo="fresh", state="active") is None
     assert (
         value(
