@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -22,15 +23,19 @@ class Pool:
         self.name = name
         self.threads = threads
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"patron-{name}")
-        self._free: asyncio.Semaphore | None = None
+        # The free threads as seen by each event loop (an asyncio.Semaphore belongs to one loop; the
+        # operator has one, but `asyncio.run` twice with one client, as the CLI and benchmarks do, is two).
+        self._free: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         """fn(*args) in a pool thread; TimeoutError after `timeout` seconds of the call itself."""
-        if self._free is None:
-            self._free = asyncio.Semaphore(self.threads)
-        free = self._free
-        await free.acquire()
         loop = asyncio.get_running_loop()
+        free = self._free.get(loop)
+        if free is None:
+            free = self._free[loop] = asyncio.Semaphore(self.threads)
+        await free.acquire()
         try:
             future: Future[T] = self._executor.submit(fn, *args)
         except BaseException:

@@ -37,3 +37,15 @@ def test_a_timed_out_call_keeps_its_thread_busy_until_it_returns() -> None:
         assert await second == "second"
 
     asyncio.run(main())
+
+
+def test_one_pool_serves_one_event_loop_after_another() -> None:
+    """Regression: the slots were an asyncio.Semaphore bound to the first loop, so a client used by two
+    `asyncio.run` calls (the CLI, the benchmarks) failed with "bound to a different event loop"."""
+    pool = Pool("test", 2)
+
+    async def twice() -> list[int]:
+        return list(await asyncio.gather(pool.run(lambda: 1), pool.run(lambda: 2), pool.run(lambda: 3)))
+
+    assert asyncio.run(twice()) == [1, 2, 3]
+    assert asyncio.run(twice()) == [1, 2, 3]
