@@ -333,7 +333,7 @@ def test_service_account_token_is_enough_to_act_and_revert(
 
     def explain() -> str:
         status = get_json(testbed, "cslo", "checkout-act", "-n", ns).get("status", {})
-        log = "\n".join(line for line in operator_as_service_account.log().splitlines() if "on_tick" not in line)
+        log = operator_as_service_account.log()
         return f"\nstatus: {json.dumps(status, indent=1)}\noperator log (end):\n{log[-3000:]}"
 
     testbed.kubectl("create", "configmap", "ratelimit-config", "-n", ns, "--from-literal=other.yaml=keep: me")

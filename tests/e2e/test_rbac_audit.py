@@ -94,7 +94,7 @@ class Cycle:
 
     def explain(self) -> str:
         status = {n: self.get("cslo", n).get("status", {}) for n in self.slos}
-        log = "\n".join(line for line in self.operator.log().splitlines() if "on_tick" not in line)
+        log = self.operator.log()
         return f"\n{self.release}: status {json.dumps(status, indent=1)}\noperator log (end):\n{log[-3000:]}"
 
     def wait(self, check: Any, what: str, timeout: float = 150) -> Any:
