@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm, ratelimit) from the wrapper Go modules in hack/tools/*, into a cache
+# kubectl, etcd, kwok, helm, ratelimit, thanos) from the wrapper Go modules in hack/tools/*, into a cache
 # outside the repository keyed by those modules and the Go version, and renders Envoy Gateway's CRDs
 # from its Go module (envoy-gateway-crds). See docs/testbed.md.
 #
@@ -17,13 +17,13 @@ MODULES=$ROOT/hack/tools
 CACHE_ROOT=${PATRON_TOOLS_CACHE:-$HOME/.cache/patron/tools}
 # Bump when the build recipe below changes in a way the go.mod/go.sum files do not show.
 RECIPE=1
-TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm ratelimit envoy-gateway-crds)
+TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm ratelimit thanos envoy-gateway-crds)
 # Envoy Gateway's module; its chart charts/gateway-crds-helm holds the BackendTrafficPolicy CRD and
 # the Gateway API CRDs (standard channel), rendered with helm into envoy-gateway-crds.yaml.
 ENVOY_GATEWAY=v1.9.1
 # Tools keyed by their own module alone, in $CACHE_ROOT/NAME-<key> and linked into $BIN: adding or
 # bumping one of them rebuilds only it, not the Kubernetes binaries (minutes of CPU).
-OWN_KEY=(ratelimit)
+OWN_KEY=(ratelimit thanos)
 KWOK_STAGES=(
   node/fast/node-initialize.yaml
   node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
@@ -113,7 +113,19 @@ tool_recipe() {
     ratelimit)
       echo ratelimit github.com/envoyproxy/ratelimit/src/service_cmd "-s -w"
       ;;
+    thanos)
+      v=$(module_version thanos github.com/thanos-io/thanos)
+      echo thanos github.com/thanos-io/thanos/cmd/thanos "-s -w -X github.com/prometheus/common/version.Version=${v#v}"
+      ;;
     *) die "unknown tool '$name' (known: ${TOOLS[*]})" ;;
+  esac
+}
+
+# Build tags of a tool. Thanos's release build (its .promu.yml) uses slicelabels: its gRPC label
+# types are cast from Prometheus's labels without copying, which only holds for the slice layout.
+tool_tags() {
+  case $1 in
+    thanos) echo netgo,slicelabels ;;
   esac
 }
 
@@ -130,7 +142,7 @@ build_tool() {
     log "building $name from hack/tools/$module ($pkg)"
     start=$(date +%s%N)
     mkdir -p "$out"
-    (cd "$MODULES/$module" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "$ldflags" -o "$out/.$name.tmp" "$pkg")
+    (cd "$MODULES/$module" && CGO_ENABLED=0 "$GO" build -trimpath -tags "$(tool_tags "$name")" -ldflags "$ldflags" -o "$out/.$name.tmp" "$pkg")
     mv -f "$out/.$name.tmp" "$out/$name"
     log "built $name in $(elapsed "$start") s"
   fi
@@ -207,13 +219,14 @@ check() {
 
 # Each binary must run and report the version its wrapper module pins.
 cmd_verify() {
-  local k8s etcd kwok helm ratelimit name
+  local k8s etcd kwok helm ratelimit thanos name
   failed=0
   k8s=$(module_version kubernetes k8s.io/kubernetes)
   ratelimit=$(module_version ratelimit github.com/envoyproxy/ratelimit)
   etcd=$(module_version etcd go.etcd.io/etcd/server/v3)
   kwok=$(module_version kwok sigs.k8s.io/kwok)
   helm=$(module_version helm helm.sh/helm/v3)
+  thanos=$(module_version thanos github.com/thanos-io/thanos)
   for name in kube-apiserver kube-controller-manager kube-scheduler; do
     check "$name" "Kubernetes $k8s" "$BIN/$name" --version
   done
@@ -223,6 +236,7 @@ cmd_verify() {
   check helm "$helm" "$BIN/helm" version --short
   # ratelimit prints no version: its build information names the module version it was built from.
   check ratelimit "github.com/envoyproxy/ratelimit	$ratelimit" "$GO" version -m "$BIN/ratelimit"
+  check thanos "thanos, version ${thanos#v}" "$BIN/thanos" --version
   check envoy-gateway-crds "name: backendtrafficpolicies.gateway.envoyproxy.io" cat "$TOOL_DIR/envoy-gateway-crds.yaml"
   for name in "${KWOK_STAGES[@]}"; do
     check "stage $(basename "$name")" "kind: Stage" cat "$TOOL_DIR/kwok-stages/$(basename "$name")"
