@@ -10,6 +10,9 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -38,6 +41,17 @@ def wait_http(
         time.sleep(0.2)
 
 
+def terminate(process: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
+    """SIGTERM a process this test started, SIGKILL when it is still there after `timeout` s."""
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class PrometheusServer:
     """`promtool tsdb create-blocks-from openmetrics`, then a Prometheus on that data dir."""
@@ -50,6 +64,8 @@ class PrometheusServer:
     ca_file: Path | None = None
     auth_headers: dict[str, str] | None = None
     extra_args: tuple[str, ...] = ()
+    # prometheus.yml (global, scrape_configs, rule_files); default: nothing scraped, 15 s interval.
+    config: dict[str, Any] | None = None
 
     @property
     def url(self) -> str:
@@ -97,7 +113,7 @@ class PrometheusServer:
 
     def start(self) -> None:
         config = self.workdir / "prometheus.yml"
-        config.write_text("global: {scrape_interval: 15s}\nscrape_configs: []\n")
+        config.write_text(yaml.safe_dump(self.config or {"global": {"scrape_interval": "15s"}, "scrape_configs": []}))
         self.port = self.port or free_port()
         log = (self.workdir / "prometheus.log").open("ab")
         self.process = subprocess.Popen(
@@ -118,11 +134,5 @@ class PrometheusServer:
         wait_http(f"{self.url}/-/ready", headers=self.auth_headers, context=context)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.process = None
