@@ -28,17 +28,20 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.e2e.conftest import Namespaces, Testbed, get_json
+from tests.e2e.conftest import Namespaces, get_json
 from tests.e2e.test_actions_helpers import slo
 from tests.support.exporter import Exporter
 from tests.support.operator import OperatorProcess
 from tests.support.promserver import PrometheusServer, free_port
 from tests.support.thanos import ThanosComponent
 from tests.support.wait import wait_for
+
+if TYPE_CHECKING:  # imported by name, pytest would try to collect the class
+    from tests.e2e.conftest import Testbed
 
 SERVICE = "checkout-thanos"
 # Objective 90%, burn rate 2 over 1m and 15s; a storm is 3x the rate of the minute a minute earlier
