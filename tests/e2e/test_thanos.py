@@ -155,6 +155,8 @@ def test_thanos_query_gives_the_same_status_as_prometheus(testbed: Testbed, patr
             stack.callback(op.stop)
             op.start()
             operators[side] = op
+        for ns in (direct_ns, thanos_ns):  # deleted while the operators run: they remove their finalizers
+            stack.callback(testbed.kubectl, "delete", "cslo", "--all", "-n", ns, "--timeout=60s", check=False)
         testbed.kubectl("apply", "-n", direct_ns, "-f", "-", input=json.dumps(manifest))
         testbed.kubectl("apply", "-n", thanos_ns, "-f", "-", input=json.dumps(manifest))
 
