@@ -57,6 +57,8 @@ IMPACT = {
 STEADY = {"acme": 5.0, "beta": 5.0, "gamma": 5.0, "quitter": 10.0, "bigbot": 2.0}  # requests per second
 # customer: (lost, storming) of each impacted customer, once the incident below has developed.
 EXPECTED = {"acme": (False, False), "bigbot": (False, True), "quitter": (True, False)}
+# Each of them fails every request: burn rate 1 / (1 - 0.9), once the 15s window holds no success.
+BURN = 10.0
 COMPARED = ("severity", "activeCustomers", "impactedCustomers", "lostCustomers", "stormingCustomers",
             "impactedFraction", "weightedImpact")  # fmt: skip
 READ_RAW = "read raw, not yet covered by the recording rules"
@@ -84,7 +86,14 @@ def covered(st: dict[str, Any]) -> bool:
 
 
 def impacted(st: dict[str, Any]) -> dict[str, tuple[bool, bool]]:
-    return {i["customer"]: (i["lost"], i["storming"]) for i in st.get("impacted") or []}
+    """customer: (lost, storming) of the impacted customers, once each burns at BURN (until then
+    the order of the impact message depends on when each side evaluated)."""
+    listed = st.get("impacted") or []
+    return (
+        {i["customer"]: (i["lost"], i["storming"]) for i in listed}
+        if all(i["burnRate"] == BURN for i in listed)
+        else {}
+    )
 
 
 @pytest.mark.slow
@@ -189,8 +198,9 @@ def test_thanos_query_gives_the_same_status_as_prometheus(testbed: Testbed, patr
             assert (st["activeCustomers"], st["impactedCustomers"], st["severity"]) == (5, 0, "none"), st
 
         # The incident: quitter fails; 30 s later acme fails, bigbot storms with failing retries
-        # and quitter gives up (a tenth of its traffic, still failing): lost. All three hold from
-        # about 12 s later (acme's 1m error ratio reaching 0.2) for about a minute (bigbot's storm).
+        # and quitter gives up (a tenth of its traffic, still failing): lost. All three hold, each
+        # burning at BURN, from about 17 s later (the 15s window free of successes) for about a
+        # minute (bigbot's storm).
         exporter.set("quitter", rps=10, errors=1.0)
         time.sleep(30)
         exporter.set("acme", rps=5, errors=1.0)
@@ -209,7 +219,9 @@ def test_thanos_query_gives_the_same_status_as_prometheus(testbed: Testbed, patr
         assert (direct["severity"], direct["lostCustomers"], direct["stormingCustomers"]) == ("critical", 1, 1)
 
         # A fault from outside: the Ruler stops. Thanos Query answers without its series, the
-        # Thanos side reads those windows raw again and says so, and still agrees.
+        # Thanos side reads those windows raw again and says so, and still agrees. bigbot's retries
+        # grow tenfold first, so its storm holds for another minute (quitter stays lost ~2 min).
+        exporter.set("bigbot", rps=200, errors=1.0)
         ruler.stop()
         direct, via_thanos = wait_for(
             lambda: agreeing(False), timeout=40, interval=1, what="the Thanos side reading raw", explain=explain
@@ -219,12 +231,13 @@ def test_thanos_query_gives_the_same_status_as_prometheus(testbed: Testbed, patr
 
 
 def assert_same(direct: dict[str, Any], via_thanos: dict[str, Any]) -> None:
-    """The same impact on both statuses: counts, severity, reasons, the impact message, burn rates."""
+    """The same impact on both statuses: counts, severity, CustomerImpact reason and message (burn
+    rates: both BURN, see `impacted`)."""
     for field in COMPARED:
         assert direct[field] == via_thanos[field], field
-    for type_ in ("Ready", "CustomerImpact"):
-        assert condition(direct, type_)["reason"] == condition(via_thanos, type_)["reason"], type_
+    # Ready: evaluated on both (its reason may be Lagging on a busy machine, which is about the
+    # operator process, not the backend); CustomerImpact: the same reason (severity) and message.
+    assert condition(direct, "Ready")["status"] == condition(via_thanos, "Ready")["status"] == "True"
+    assert condition(direct, "CustomerImpact")["reason"] == condition(via_thanos, "CustomerImpact")["reason"]
     assert condition(via_thanos, "CustomerImpact")["message"] == condition(direct, "CustomerImpact")["message"]
-    burns = {i["customer"]: i["burnRate"] for i in direct["impacted"]}
-    for entry in via_thanos["impacted"]:
-        assert entry["burnRate"] == pytest.approx(burns[entry["customer"]], rel=0.01), entry
+    assert condition(direct, "CustomerImpact")["message"].endswith("worst: acme, bigbot, quitter")
