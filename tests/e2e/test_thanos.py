@@ -59,6 +59,7 @@ STEADY = {"acme": 5.0, "beta": 5.0, "gamma": 5.0, "quitter": 10.0, "bigbot": 2.0
 EXPECTED = {"acme": (False, False), "bigbot": (False, True), "quitter": (True, False)}
 # Each of them fails every request: burn rate 1 / (1 - 0.9), once the 15s window holds no success.
 BURN = 10.0
+IMPACT_HEAD = "3 of 5 active customers impacted (60.0%), weighted 86%"  # acme weighs 10: 12 of 14
 COMPARED = ("severity", "activeCustomers", "impactedCustomers", "lostCustomers", "stormingCustomers",
             "impactedFraction", "weightedImpact")  # fmt: skip
 READ_RAW = "read raw, not yet covered by the recording rules"
@@ -239,5 +240,8 @@ def assert_same(direct: dict[str, Any], via_thanos: dict[str, Any]) -> None:
     # operator process, not the backend); CustomerImpact: the same reason (severity) and message.
     assert condition(direct, "Ready")["status"] == condition(via_thanos, "Ready")["status"] == "True"
     assert condition(direct, "CustomerImpact")["reason"] == condition(via_thanos, "CustomerImpact")["reason"]
-    assert condition(via_thanos, "CustomerImpact")["message"] == condition(direct, "CustomerImpact")["message"]
-    assert condition(direct, "CustomerImpact")["message"].endswith("worst: acme, bigbot, quitter")
+    # The worst customers in any order: all burn at BURN, and each side's queries of one evaluation
+    # run at slightly different moments, so ties are broken by rounding noise.
+    for st in (direct, via_thanos):
+        head, _, worst = condition(st, "CustomerImpact")["message"].partition("; worst: ")
+        assert (head, sorted(worst.split(", "))) == (IMPACT_HEAD, sorted(EXPECTED)), st
