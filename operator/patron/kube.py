@@ -35,11 +35,14 @@ DEFAULT_RETRY_AFTER = 1.0
 # Threads for API calls (the client's connection pool holds 10 connections).
 THREADS = 8
 
-ResourceKind = Literal["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "ReplicaSet", "CustomerSLO"]
+ResourceKind = Literal[
+    "ConfigMap", "BackendTrafficPolicy", "Deployment", "HorizontalPodAutoscaler", "ReplicaSet", "CustomerSLO"
+]
 Subresource = Literal["status"]
 # kind -> (API prefix, plural): the only resources Patron reads or writes.
 RESOURCES: dict[str, tuple[str, str]] = {
     "ConfigMap": ("/api/v1", "configmaps"),
+    "BackendTrafficPolicy": ("/apis/gateway.envoyproxy.io/v1alpha1", "backendtrafficpolicies"),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "ReplicaSet": ("/apis/apps/v1", "replicasets"),
