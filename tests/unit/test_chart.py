@@ -194,6 +194,7 @@ FRAMEWORK = {
     ("patron.dev", "customerslos/status", ("patch",)),
 }
 THROTTLE = {("", "configmaps", ("get", "patch"))}
+POLICIES = {("gateway.envoyproxy.io", "backendtrafficpolicies", ("get", "patch"))}  # throttle.backendTrafficPolicy
 SCALE = {("autoscaling", "horizontalpodautoscalers", ("get", "list", "patch"))}
 DEPLOYMENTS = {("apps", "deployments", ("get", "patch"))}  # scale (replicas, owner annotation) or rollback
 ROLLBACK = {("apps", "replicasets", ("list",))}
@@ -204,10 +205,10 @@ CLUSTER_PEERING = {(g, "clusterkopfpeerings", PEERING_VERBS) for g in ("zalando.
 NAMESPACED_PEERING = {(g, "kopfpeerings", PEERING_VERBS) for g in ("zalando.org", "kopf.dev")}
 
 
-def actions(throttle: bool = True, scale: bool = True, rollback: bool = False) -> dict[str, Any]:
+def actions(throttle: bool = True, scale: bool = True, rollback: bool = False, policy: bool = False) -> dict[str, Any]:
     return {
         "actions": {
-            "throttle": {"enabled": throttle},
+            "throttle": {"enabled": throttle, "backendTrafficPolicy": {"enabled": policy}},
             "scale": {"enabled": scale},
             "rollback": {"enabled": rollback},
         }
@@ -224,6 +225,11 @@ RBAC_TABLE = {
     ),
     "throttle disabled": (actions(throttle=False), FRAMEWORK | SCALE | DEPLOYMENTS),
     "every action disabled": (actions(False, False, False), FRAMEWORK),
+    "throttle into BackendTrafficPolicies": (actions(policy=True), NAMESPACED | POLICIES),
+    "throttle into BackendTrafficPolicies only": (
+        actions(throttle=False, scale=False, policy=True),
+        FRAMEWORK | POLICIES,
+    ),
 }
 
 

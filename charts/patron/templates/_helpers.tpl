@@ -82,6 +82,14 @@ actions.<name>.enabled value.
   resources: [configmaps]
   verbs: [get, patch]
 {{- end }}
+{{- if (.throttle.backendTrafficPolicy | default dict).enabled }}
+# actions.throttle.backendTrafficPolicy: reads and merge-patches the Envoy Gateway BackendTrafficPolicy
+# a CustomerSLO names (its global rate-limit rules and two patron.dev annotations), by name: no list,
+# watch, create or delete.
+- apiGroups: [gateway.envoyproxy.io]
+  resources: [backendtrafficpolicies]
+  verbs: [get, patch]
+{{- end }}
 {{- if .scale.enabled }}
 # actions.scale: the minReplicas and patron.dev/owner annotation of the HPA that targets the
 # Deployment (listed to find it, read by name for its resourceVersion, merge-patched).

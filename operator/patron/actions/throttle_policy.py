@@ -219,7 +219,7 @@ def header_value_problem(customer: str) -> str | None:
 
 
 class PolicyBackend:
-    kind = KIND
+    kind = "BackendTrafficPolicy"
     never_created = "Patron adds its rules to an existing BackendTrafficPolicy but never creates it"
 
     async def observe(self, k8s: K8s, namespace: str, name: str) -> PolicyState | None:
