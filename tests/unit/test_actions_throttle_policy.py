@@ -7,6 +7,7 @@ import asyncio
 import copy
 import json
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -35,7 +36,7 @@ from patron.actions.throttle_policy import (
 from patron.api.models import ThrottleAction
 from tests.support.fake_kube import FakeKube
 from tests.support.fake_kube import merge as merge_patch
-from tests.unit.test_actions_plan import Timeline, assessment, customer, make_spec
+from tests.unit.test_actions_plan import T0, Timeline, assessment, customer, make_spec
 
 THROTTLE = {"backendTrafficPolicy": {"name": "checkout"}, "headroom": 1.2, "ttl": "1m"}
 BTP = ("BackendTrafficPolicy", "checkout")
@@ -350,3 +351,35 @@ def test_a_conflicting_write_is_merged_again_with_what_the_user_added() -> None:
     obj["metadata"]["resourceVersion"] = "1999"
     with pytest.raises(OwnedElsewhere):
         asyncio.run(BACKEND.execute(kube, "shop", write))
+
+
+# ------------------------------------------------------------------ act() over the fake API server
+
+
+def test_forbidden_policy_is_named_on_the_status_then_the_rule_goes_in_and_out() -> None:
+    """Without the chart's actions.throttle.backendTrafficPolicy RBAC the read is Forbidden: the
+    ActionsActive message names it (one ActionFailed Event); once granted, the rule goes in and,
+    after recovery, out again, the user's rule staying as it was."""
+    from tests.unit.test_actions_faults import CALM, NS, STORM, evaluate, reasons, records, refuse, world
+
+    kube = world(("a", {"throttle": THROTTLE}))
+    kube.add("BackendTrafficPolicy", NS, policy([USER_RULE]))
+    refuse(kube, "GET", "/backendtrafficpolicies/", 403, "Forbidden")
+    t0 = T0
+    first = evaluate(kube, "a", STORM, t0)
+    (cond,) = [c for c in kube.obj("CustomerSLO", NS, "a")["status"]["conditions"] if c["type"] == "ActionsActive"]
+    assert "throttle: reading its targets failed: BackendTrafficPolicy/checkout: HTTP 403 Forbidden" in cond["message"]
+    assert reasons(first).count("ActionFailed") == 1
+    kube.faults.clear()
+    evaluate(kube, "a", STORM, t0 + timedelta(seconds=2))
+    obj = kube.obj("BackendTrafficPolicy", NS, "checkout")
+    mine = PatronRule(header="x-customer-id", customer="bigbot", requests=36)
+    assert obj["spec"]["rateLimit"]["global"]["rules"] == [USER_RULE, mine.rule()]
+    assert [(r.target, r.state) for r in records(kube) if r.type == "Throttle"] == [
+        ("BackendTrafficPolicy/checkout", "Active")
+    ]
+    evaluate(kube, "a", CALM, t0 + timedelta(seconds=4))
+    evaluate(kube, "a", CALM, t0 + timedelta(seconds=30))
+    obj = kube.obj("BackendTrafficPolicy", NS, "checkout")
+    assert obj["spec"]["rateLimit"]["global"]["rules"] == [USER_RULE]
+    assert not (obj["metadata"].get("annotations") or {})
