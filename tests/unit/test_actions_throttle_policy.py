@@ -16,14 +16,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from patron.actions import throttle
-from patron.actions.plan import complete, merge
+from patron.actions.plan import OwnedElsewhere, complete, merge
 from patron.actions.throttle_policy import (
     BACKEND,
     OWNER_ANNOTATION,
     RULES_ANNOTATION,
     UNOWNED,
     UNREADABLE,
-    OwnedElsewhere,
     PatronRule,
     PolicyState,
     WritePolicy,

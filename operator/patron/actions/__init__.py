@@ -27,6 +27,7 @@ from patron import metrics
 from patron.actions import alert, rollback, scale, throttle
 from patron.actions.alertmanager import AlertmanagerClient
 from patron.actions.plan import (
+    OwnedElsewhere,
     Plan,
     Situation,
     Step,
@@ -253,7 +254,7 @@ class _Result:
 
 def _log_failure(context: ActionContext, kind: str, err: Exception) -> None:
     metrics.ACTIONS.labels(action=kind, result="failed").inc()
-    if isinstance(err, (ApiError, scale.OwnedElsewhere, *throttle.OwnedElsewhere)):
+    if isinstance(err, (ApiError, scale.OwnedElsewhere, OwnedElsewhere)):
         context.logger.warning("%s action: %s", kind, err)
     else:
         metrics.ERRORS.labels(where=f"action-{kind}").inc()

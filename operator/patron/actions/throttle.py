@@ -32,7 +32,6 @@ from patron.status import timestamp
 
 # At most this many customers are held throttled at once by one CustomerSLO (the loudest first).
 MAX_THROTTLED = 50
-OwnedElsewhere = (throttle_configmap.OwnedElsewhere, throttle_policy.OwnedElsewhere)
 # What a backend observed, by (kind, name); None: the object does not exist.
 Observed = Mapping[tuple[str, str], Any]
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from patron.actions.plan import OwnedElsewhere
 from patron.api.models import ThrottleAction
 from patron.api.status import ActionRecord
 from patron.kube import ApiError, K8s
@@ -22,10 +23,6 @@ from patron.kube import ApiError, K8s
 OWNER_MARK = "# patron.dev/owner: "
 # The owner named when a key holds content without Patron's owner mark.
 UNMARKED = "someone else (the key has no patron.dev/owner mark)"
-
-
-class OwnedElsewhere(Exception):
-    """The key was taken by another owner between Patron's read and its write."""
 
 
 def pointer(*parts: str) -> str:

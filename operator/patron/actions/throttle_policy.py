@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from patron.actions.plan import OwnedElsewhere
 from patron.api.models import DEFAULT_THROTTLE_HEADER, ThrottleAction
 from patron.api.status import ActionRecord
 from patron.kube import ApiError, K8s
@@ -39,10 +40,6 @@ UNREADABLE = f"someone else (its {RULES_ANNOTATION} annotation is not Patron's l
 UNOWNED = f"someone else (it has {RULES_ANNOTATION} but no {OWNER_ANNOTATION} annotation)"
 MAX_HEADER_VALUE = 1024  # the schema's maxLength of a header match's value
 ATTEMPTS = 3  # a write refused with 409 is retried with a fresh read this often in all
-
-
-class OwnedElsewhere(Exception):
-    """The policy was taken by another owner between Patron's read and its write."""
 
 
 class _Strict(BaseModel):
