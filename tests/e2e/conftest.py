@@ -160,7 +160,7 @@ POLICY_CRD = "backendtrafficpolicies.gateway.envoyproxy.io"
 
 
 @pytest.fixture(scope="session")
-def envoy_gateway_crds(testbed: Any) -> str:
+def envoy_gateway_crds(testbed: Testbed) -> str:
     """Envoy Gateway's BackendTrafficPolicy CRD and the Gateway API CRDs, applied and Established."""
     path = testbed.bin_dir.parent / "envoy-gateway-crds.yaml"
     if not path.exists():
