@@ -382,3 +382,19 @@ def test_forbidden_policy_is_named_on_the_status_then_the_rule_goes_in_and_out()
     obj = kube.obj("BackendTrafficPolicy", NS, "checkout")
     assert obj["spec"]["rateLimit"]["global"]["rules"] == [USER_RULE]
     assert not (obj["metadata"].get("annotations") or {})
+
+
+def test_replay_simulates_the_policy() -> None:
+    """`patron replay` plans the policy's rules with the same planner and shows them."""
+    from patron.actions.simulate import Simulated, act_offline
+    from patron.reconcile import Outcome, evaluated
+
+    spec = make_spec({"throttle": THROTTLE})
+    objects = Simulated.initial(spec, 2)
+    assert objects.describe() == {"BackendTrafficPolicy/checkout": {"rateLimit": None}}
+    a = storm()
+    outcome = evaluated(spec, {}, a, 1, T0)
+    result, _, objects = act_offline(spec, a, Outcome(outcome.status), objects, T0, "checkout", "shop")
+    mine = PatronRule(header="x-customer-id", customer="bigbot", requests=36)
+    assert objects.describe() == {"BackendTrafficPolicy/checkout": {"rateLimit": {"global": {"rules": [mine.rule()]}}}}
+    assert [e.reason for e in result.events if e.reason.startswith("Action")] == ["ActionApplied"]
