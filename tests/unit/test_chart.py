@@ -410,7 +410,7 @@ def flatten(err: str) -> str:
             ["/recordingRules/managePrometheusRules", "want boolean"],
         ),
         ({"recordingRules": {"ruleLabels": {"release": "a b"}}}, ["/recordingRules/ruleLabels/release", "pattern"]),
-        ({"recordingRules": {"ruleLabels": {"-bad": "a"}}}, ["/recordingRules/ruleLabels", "-bad", "pattern"]),
+        ({"recordingRules": {"ruleLabels": {"-bad": "a"}}}, ["invalid propertyName '-bad'", "does not match pattern"]),
     ],
 )
 def test_schema_rejects_bad_values_readably(values: dict[str, Any], expected: list[str]) -> None:
