@@ -27,9 +27,9 @@ SEVERITY_ORDER: dict[str, int] = {"none": 0, "warning": 1, "critical": 2}
 
 LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
 # Kubernetes label keys ([DNS-subdomain prefix/]name, the name at most 63 characters) and values, as the
-# API server checks metadata.labels.
+# API server checks metadata.labels. No backslash: the key pattern goes into a CEL string literal.
 _K8S_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-K8S_LABEL_KEY_PATTERN = rf"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_K8S_LABEL_NAME}$"
+K8S_LABEL_KEY_PATTERN = rf"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_K8S_LABEL_NAME}$"
 K8S_LABEL_VALUE_PATTERN = rf"^({_K8S_LABEL_NAME})?$"
 # The annotation naming the CustomerSLO (`<namespace>/<name>`) that changed or owns an object.
 OWNER_ANNOTATION = f"{API_GROUP}/owner"
