@@ -390,6 +390,7 @@ class RecordingRules(Model):
         Annotated[str, Field(pattern=K8S_LABEL_VALUE_PATTERN, max_length=63)],
     ] = Field(
         default_factory=dict,
+        max_length=32,
         description="Kubernetes labels on the PrometheusRule patron-<name> (with --manage-prometheus-rules, "
         "and in `patron rules -o prometheusrule`), so that the ruleSelector of your Prometheus selects it.",
     )
