@@ -251,3 +251,24 @@ def test_a_rule_that_went_away_with_its_crd_is_rediscovered() -> None:
         "create PrometheusRule patron-checkout failed: HTTP 404 Not Found; retried next evaluation"
     )
     assert world.sync()["message"] == NOT_SERVED  # type: ignore[index]
+
+
+def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from patron.cli import _rule_labels, build_parser
+
+    assert _rule_labels(["release=kps,app.kubernetes.io/part-of=shop", "empty="]) == (
+        ("release", "kps"),
+        ("app.kubernetes.io/part-of", "shop"),
+        ("empty", ""),
+    )
+    for bad in ("release", "bad key=x", "x=a b", "_x=1"):
+        with pytest.raises(SystemExit, match=f"--prometheus-rule-label '{bad}': expected KEY=VALUE"):
+            _rule_labels([bad])
+    assert not build_parser().parse_args(["run"]).manage_prometheus_rules
+    monkeypatch.setenv("PATRON_MANAGE_PROMETHEUS_RULES", "true")
+    monkeypatch.setenv("PATRON_PROMETHEUS_RULE_LABELS", "release=kps,team=sre")
+    args = build_parser().parse_args(["run"])
+    assert args.manage_prometheus_rules and _rule_labels(args.prometheus_rule_label) == (
+        ("release", "kps"),
+        ("team", "sre"),
+    )
