@@ -30,6 +30,10 @@ class OperatorConfig:
     prometheus_connection: Connection = field(default_factory=Connection)
     alertmanager_connection: Connection = field(default_factory=lambda: Connection("--alertmanager"))
     max_concurrent_evaluations: int = MAX_CONCURRENT_EVALUATIONS
+    # --manage-prometheus-rules: own a PrometheusRule per CustomerSLO with spec.recordingRules (patron.rulesync),
+    # labelled with these (--prometheus-rule-label) and the spec's labels.
+    manage_prometheus_rules: bool = False
+    prometheus_rule_labels: tuple[tuple[str, str], ...] = ()
 
 
 def split_list(values: list[str] | None) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import kopf
 
-from patron import metrics
+from patron import metrics, rulesync
 from patron.actions import ActionContext, AlertmanagerClient, abandoned, act, release
 from patron.actions.plan import parse_records
 from patron.api.durations import parse_duration
@@ -21,7 +21,7 @@ from patron.config import OperatorConfig
 from patron.impact.assess import Assessment, DataProblem
 from patron.impact.evaluate import evaluate_now
 from patron.impact.prometheus import Prometheus
-from patron.kube import K8s, StatusWriter, api_client
+from patron.kube import K8s, Served, StatusWriter, api_client
 from patron.reconcile import Event, Outcome, evaluated, failed, lag_threshold, lagging, material, parse_spec
 from patron.schedule import Schedule, Scheduler
 from patron.status import parse_timestamp
@@ -65,6 +65,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.fleet = Fleet(config.max_concurrent_evaluations)
     memo.prometheus = Prometheus(config.prometheus_url, config.prometheus_timeout, config.prometheus_connection)
     memo.kube = K8s(api_client())
+    memo.rules_served = Served(memo.kube, "PrometheusRule")  # asked only with --manage-prometheus-rules
     memo.alerts = (
         AlertmanagerClient(config.alertmanager_urls, connection=config.alertmanager_connection)
         if config.alertmanager_urls
@@ -248,6 +249,9 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger, lag: f
             metrics.LAST_EVALUATION.labels(namespace, name).set_to_current_time()
         context = _context(obj, memo, logger, now)
         outcome = await act(context, spec, assessment, outcome)
+        if spec is not None:
+            status = await rulesync.sync(k8s, memo.rules_served, memo.config, obj, spec, outcome.status, now, logger)
+            outcome = Outcome(status, outcome.events)
         metrics.observe(namespace, name, outcome.status, time.monotonic() - started, spec)
         heartbeat = heartbeat_seconds(len(memo.fleet.members))
         if _worth_writing(context.writer.current, outcome.status, now, heartbeat):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, cast
 
@@ -36,7 +37,13 @@ DEFAULT_RETRY_AFTER = 1.0
 THREADS = 8
 
 ResourceKind = Literal[
-    "ConfigMap", "BackendTrafficPolicy", "Deployment", "HorizontalPodAutoscaler", "ReplicaSet", "CustomerSLO"
+    "ConfigMap",
+    "BackendTrafficPolicy",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "ReplicaSet",
+    "CustomerSLO",
+    "PrometheusRule",
 ]
 Subresource = Literal["status"]
 # kind -> (API prefix, plural): the only resources Patron reads or writes.
@@ -47,7 +54,10 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "ReplicaSet": ("/apis/apps/v1", "replicasets"),
     "CustomerSLO": (f"/apis/{API_GROUP}/{API_VERSION}", PLURAL),
+    "PrometheusRule": ("/apis/monitoring.coreos.com/v1", "prometheusrules"),
 }
+# How long an answer of discovery (is a kind served?) is kept before it is asked again.
+DISCOVERY_TTL = 60.0
 _NAME = re.compile(OBJECT_NAME_PATTERN)
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -130,13 +140,26 @@ class K8s:
         query: list[tuple[str, str]] | None = None,
         sub: Subresource | None = None,
     ) -> dict[str, Any]:
-        """One request (retried on 429); the answer's JSON, or ApiError."""
+        """A request on an object or on the objects of a kind in `namespace`."""
         path = object_path(kind, namespace, name, sub)
+        target = f"{kind}/{name}" if name else f"{kind} list"
+        return await self._request(method, path, target, body, content_type, query)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        target: str,
+        body: Any = None,
+        content_type: str | None = None,
+        query: list[tuple[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        """One request (retried on 429); the answer's JSON, or ApiError naming `target`."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
         params = list(query or [])
-        if method != "GET":
+        if method in ("POST", "PATCH"):
             params.append(("fieldManager", FIELD_MANAGER))
         for attempt in range(RETRIES_429 + 1):
             status, reason, got, text = await self.pool.run(self.send, method, path, headers, params, body)
@@ -149,7 +172,7 @@ class K8s:
             message = str(json.loads(text or "{}").get("message", ""))
         except (ValueError, AttributeError):
             message = ""
-        raise ApiError(status, reason, message, f"{kind}/{name}" if name else f"{kind} list")
+        raise ApiError(status, reason, message, target)
 
     def send(
         self, method: str, path: str, headers: dict[str, str], params: list[tuple[str, str]], body: Any
@@ -178,6 +201,33 @@ class K8s:
         listed = await self._call("GET", kind, namespace, query=query)
         return list(listed.get("items") or [])
 
+    async def create(self, kind: ResourceKind, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST `body` (its metadata.name checked like any name) into `namespace`."""
+        name = check_name(str(body["metadata"]["name"]))
+        return await self._request("POST", object_path(kind, namespace), f"{kind}/{name}", body)
+
+    async def delete(self, kind: ResourceKind, namespace: str, name: str, preconditions: dict[str, str]) -> None:
+        """DELETE, only while the object still has the `preconditions` (uid, resourceVersion): else 409.
+        Gone already is done."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions}
+        try:
+            await self._call("DELETE", kind, namespace, name, body)
+        except ApiError as err:
+            if err.status != 404:
+                raise
+
+    async def served(self, kind: ResourceKind) -> bool:
+        """Whether the API server serves `kind` (discovery of its group version: every authenticated
+        user may read it, so this needs no RBAC)."""
+        prefix, plural = RESOURCES[kind]
+        try:
+            found = await self._request("GET", prefix, f"discovery {prefix}")
+        except ApiError as err:
+            if err.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in found.get("resources") or [])
+
     async def json_patch(
         self, kind: ResourceKind, namespace: str, name: str, ops: list[dict[str, Any]]
     ) -> dict[str, Any]:
@@ -187,6 +237,27 @@ class K8s:
         self, kind: ResourceKind, namespace: str, name: str, patch: dict[str, Any], sub: Subresource | None = None
     ) -> dict[str, Any]:
         return await self._call("PATCH", kind, namespace, name, patch, MERGE_PATCH, sub=sub)
+
+
+class Served:
+    """Whether a kind is served, from discovery asked at most every `ttl` seconds (a CRD installed or
+    removed later is noticed within that); `forget` asks again next time. A failed question is not
+    kept: it raises, and is asked again."""
+
+    def __init__(
+        self, k8s: K8s, kind: ResourceKind, ttl: float = DISCOVERY_TTL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.k8s, self.kind, self.ttl, self.clock = k8s, kind, ttl, clock
+        self.answer: tuple[float, bool] | None = None  # (when asked, served)
+
+    async def __call__(self) -> bool:
+        now = self.clock()
+        if self.answer is None or now - self.answer[0] >= self.ttl:
+            self.answer = (now, await self.k8s.served(self.kind))
+        return self.answer[1]
+
+    def forget(self) -> None:
+        self.answer = None
 
 
 def api_client(kubeconfig: str | None = None, context: str | None = None) -> kubernetes.client.ApiClient:

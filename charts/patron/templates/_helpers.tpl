@@ -50,10 +50,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 Rules for everything Patron touches inside the namespaces it serves. Rendered into the ClusterRole
 when it serves all namespaces, and into one Role per namespace when watchNamespaces is listed.
-Exactly the verbs the code calls (tests/e2e/test_rbac_audit.py compares them with the API server's
-audit log); no wildcards, no Secrets, no list or watch of anything but CustomerSLOs (and HPAs and
-ReplicaSets, read to find the one that belongs to a target). Each action's rules only with its
-actions.<name>.enabled value.
+Exactly the verbs the code calls (tests/e2e/test_rbac_audit.py and test_prometheusrule.py compare them
+with the API server's audit log); no wildcards, no Secrets, no list or watch of anything but
+CustomerSLOs (and HPAs and ReplicaSets, read to find the one that belongs to a target). Each action's
+rules only with its actions.<name>.enabled value; PrometheusRules only with
+recordingRules.managePrometheusRules.
 */}}
 {{- define "patron.namespacedRules" -}}
 # Framework (Kopf): posting Events on CustomerSLOs (ImpactStarted, ActionApplied, ...); never read or changed.
@@ -111,6 +112,15 @@ actions.<name>.enabled value.
   resources: [replicasets]
   verbs: [list]
 {{- end }}
+{{- end }}
+{{- if (.Values.recordingRules).managePrometheusRules }}
+# recordingRules.managePrometheusRules: the PrometheusRule patron-<name> of a CustomerSLO with
+# spec.recordingRules, read by name, created, merge-patched (guarded by its resourceVersion) and
+# deleted when its recording rules are disabled; no list or watch. (Whether the CRD is served is
+# asked of discovery, which every user may read.)
+- apiGroups: [monitoring.coreos.com]
+  resources: [prometheusrules]
+  verbs: [get, create, patch, delete]
 {{- end }}
 {{- end -}}
 

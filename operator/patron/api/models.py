@@ -26,6 +26,13 @@ Severity = Literal["warning", "critical"]
 SEVERITY_ORDER: dict[str, int] = {"none": 0, "warning": 1, "critical": 2}
 
 LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+# Kubernetes label keys ([DNS-subdomain prefix/]name, the name at most 63 characters) and values, as the
+# API server checks metadata.labels. No backslash: the key pattern goes into a CEL string literal.
+_K8S_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+K8S_LABEL_KEY_PATTERN = rf"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_K8S_LABEL_NAME}$"
+K8S_LABEL_VALUE_PATTERN = rf"^({_K8S_LABEL_NAME})?$"
+# The annotation naming the CustomerSLO (`<namespace>/<name>`) that changed or owns an object.
+OWNER_ANNOTATION = f"{API_GROUP}/owner"
 # Kubernetes object names (RFC 1123 subdomain), for targets in the CustomerSLO's own namespace.
 OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 # Labels Patron sets itself on alerts; user labels may not override them.
@@ -459,9 +466,14 @@ class RecordingRules(Model):
         description='Read Patron\'s recorded series (patron:*, customerslo="<ns>/<name>") for every window '
         "they cover; windows they do not cover yet are read raw and named in the Ready message.",
     )
-    labels: dict[Annotated[str, Field(pattern=LABEL_NAME_PATTERN)], Annotated[str, Field(max_length=1024)]] = Field(
+    labels: dict[
+        Annotated[str, Field(pattern=K8S_LABEL_KEY_PATTERN, max_length=317)],
+        Annotated[str, Field(pattern=K8S_LABEL_VALUE_PATTERN, max_length=63)],
+    ] = Field(
         default_factory=dict,
-        description="Labels on the PrometheusRule so that the user's Prometheus selects it.",
+        max_length=32,
+        description="Kubernetes labels on the PrometheusRule patron-<name> (with --manage-prometheus-rules, "
+        "and in `patron rules -o prometheusrule`), so that the ruleSelector of your Prometheus selects it.",
     )
     interval: Duration = Field(
         default="30s", description="How often the shortest-window rules are evaluated; longer levels run coarser."

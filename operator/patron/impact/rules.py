@@ -19,6 +19,7 @@ Every recorded series keeps the customer label and carries customerslo="<ns>/<na
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -148,15 +149,23 @@ def rule_file(spec: CustomerSLOSpec, namespace: str, name: str) -> dict[str, Any
     return {"groups": rule_groups(spec, f"{namespace}/{name}")}
 
 
-def prometheus_rule(spec: CustomerSLOSpec, namespace: str, name: str) -> dict[str, Any]:
-    """The same groups as a Prometheus Operator PrometheusRule `patron-<name>`."""
+def rule_name(name: str) -> str:
+    """The name of CustomerSLO `name`'s PrometheusRule."""
+    return f"patron-{name}"
+
+
+def prometheus_rule(
+    spec: CustomerSLOSpec, namespace: str, name: str, labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The same groups as a Prometheus Operator PrometheusRule `patron-<name>`, labelled with
+    `labels` (the operator's --prometheus-rule-label) and spec.recordingRules.labels, which win."""
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
         "metadata": {
-            "name": f"patron-{name}",
+            "name": rule_name(name),
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "patron", **spec.recording_rules.labels},
+            "labels": {"app.kubernetes.io/managed-by": "patron", **(labels or {}), **spec.recording_rules.labels},
         },
         "spec": rule_file(spec, namespace, name),
     }
