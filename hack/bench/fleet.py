@@ -44,6 +44,8 @@ sys.path.insert(0, str(REPO))
 from tests.e2e.conftest import read_exports  # noqa: E402
 from tests.support.promserver import PROMETHEUS, free_port, wait_http  # noqa: E402
 
+from patron.config import MAX_CONCURRENT_EVALUATIONS  # noqa: E402
+
 CUSTOMERS = 50
 NAMESPACES = 10
 INTERVAL = 30.0
@@ -313,7 +315,7 @@ def main() -> int:
             "objects": n,
             "customers_per_object": CUSTOMERS,
             "interval_s": INTERVAL,
-            "max_concurrent_evaluations": args.max_concurrent_evaluations or 4,
+            "max_concurrent_evaluations": args.max_concurrent_evaluations or MAX_CONCURRENT_EVALUATIONS,
             "measure_s": round(elapsed),
             "all_ready_s": all_ready_s,
             "lag_p50_s": round(percentile(lags, 0.50), 1),
