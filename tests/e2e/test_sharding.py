@@ -35,7 +35,7 @@ def last_evaluation(op: OperatorProcess, namespace: str) -> float:
     """patron_last_evaluation_timestamp_seconds of the CustomerSLO svc in `namespace` (0 when absent)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    prefix = f'patron_last_evaluation_timestamp_seconds{{namespace="{namespace}",customerslo="svc"}} '
+    prefix = f'patron_last_evaluation_timestamp_seconds{{customerslo="svc",namespace="{namespace}"}} '
     return next((float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
 
 
