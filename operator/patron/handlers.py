@@ -51,8 +51,8 @@ RESUME_SPREAD = 10.0
 # While a deleted CustomerSLO still holds changes, giving them back is retried this often.
 RELEASE_RETRY_SECONDS = 10.0
 # Kopf's per-object workers (watch events being handled) and Event posters running at once. Unbounded,
-# a start with 1,000 new CustomerSLOs opened over 120 TLS connections to the API server at once, and
-# the memory they took (about 1 MiB each with their buffers) was not given back to the system.
+# a start with 1,000 new CustomerSLOs opened 123 TLS connections to the API server at once, and their
+# memory was not given back (peak RSS 368 MiB; 224 MiB bounded: docs/benchmarks.md, Fleet).
 KOPF_WORKERS = 20
 KOPF_EVENT_POSTERS = 5
 
