@@ -278,13 +278,15 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> kub
 class StatusWriter:
     """The one way a CustomerSLO's status is written: a JSON merge patch from what the server holds
     (`current`: as read, then as each write returned it) to the new status. A write-ahead and the
-    final write of one evaluation therefore never diff against a status the server no longer has."""
+    final write of one evaluation therefore never diff against a status the server no longer has.
+    `written`: the whole object as the last write returned it (None before any write)."""
 
     def __init__(self, k8s: K8s, namespace: str, name: str, current: Mapping[str, Any]) -> None:
         self.k8s = k8s
         self.namespace = namespace
         self.name = name
         self.current: dict[str, Any] = dict(current)
+        self.written: dict[str, Any] | None = None
 
     async def write(self, status: Mapping[str, Any]) -> None:
         patch = merge_patch(self.current, status)
@@ -292,3 +294,4 @@ class StatusWriter:
             return
         obj = await self.k8s.merge_patch("CustomerSLO", self.namespace, self.name, {"status": patch}, sub="status")
         self.current = dict(obj.get("status") or {})
+        self.written = obj

@@ -34,6 +34,29 @@ class Outcome:
     events: tuple[Event, ...] = ()
 
 
+@dataclass(frozen=True)
+class Written:
+    """Patron's last status write of an object: the whole object it returned, and the
+    resourceVersion of the watched body that evaluation started from."""
+
+    seen: str
+    obj: Mapping[str, Any]
+
+
+def freshest(body: Mapping[str, Any], written: Written | None) -> Mapping[str, Any] | None:
+    """The newest known state of an object: the watched `body` (Kopf's), or the object Patron's last
+    write returned while the watch has not delivered that write yet. None when it cannot be told
+    (the watch delivered some other change, not yet ours): then it must be read afresh."""
+    if written is None:
+        return body
+    version = (body.get("metadata") or {}).get("resourceVersion")
+    if version == (written.obj.get("metadata") or {}).get("resourceVersion"):
+        return body
+    if version == written.seen:
+        return written.obj
+    return None
+
+
 def parse_spec(spec: Mapping[str, Any], namespace_label: str | None = None, namespace: str = "") -> CustomerSLOSpec:
     """The spec as a model; DataProblem('InvalidSpec') naming each bad field and what is allowed.
 

@@ -145,7 +145,7 @@ def test_deployment_runs_patron_hardened() -> None:
     assert env(docs) == {
         "PATRON_PROMETHEUS_URL": "http://prometheus-operated.monitoring.svc:9090",
         "PATRON_DRY_RUN": "false",
-        "PATRON_MAX_CONCURRENT_EVALUATIONS": "4",
+        "PATRON_MAX_CONCURRENT_EVALUATIONS": "8",
         "PATRON_LOG_FORMAT": "plain",
         "PATRON_METRICS_PORT": "9464",
         "PATRON_METRICS_ADDRESS": "0.0.0.0",
