@@ -288,7 +288,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger, lag: f
             spec = parse_spec(obj.get("spec") or {}, memo.config.namespace_label, namespace)
             assessment = await evaluate_now(spec, memo.prometheus, f"{namespace}/{name}")
             outcome = evaluated(spec, previous, assessment, generation, now)
-            outcome = lagging(outcome, lag, lag_threshold(parse_duration(spec.interval)), generation, now)
+            outcome = lagging(outcome, lag, lag_threshold(parse_duration(spec.interval)), generation, now, previous)
             metrics.IMPACTED.labels(namespace, name).set(len(assessment.impacted))
             metrics.EVALUATIONS.labels(outcome="Evaluated").inc()
         except DataProblem as problem:
