@@ -48,8 +48,19 @@ class Prometheus:
 
     def query(self, promql: str, at: datetime | None = None) -> Series:
         """One instant query; a vector or scalar result as (labels, value) pairs."""
-        params = {"timeout": f"{self.timeout:g}s", **({"time": f"{at.timestamp():.3f}"} if at else {})}
-        return _parse(self._call(promql, lambda: self._client.custom_query(promql, params=params)))
+        form = {"query": promql, "timeout": f"{self.timeout:g}s", **({"time": f"{at.timestamp():.3f}"} if at else {})}
+        return _parse(self._call(promql, lambda: self._post_query(form)))
+
+    def _post_query(self, form: dict[str, str]) -> object:
+        """POST /api/v1/query with a form body: a query naming thousands of candidates would pass
+        no proxy's URL limit as a GET (prometheus-api-client's custom_query puts it in the URL)."""
+        client = self._client
+        response = client._session.post(
+            f"{self.url}/api/v1/query", data=form, headers=client.headers, auth=client.auth, timeout=self.timeout
+        )
+        if response.status_code != 200:
+            raise PrometheusApiClientException(f"HTTP Status Code {response.status_code} ({response.content!r})")
+        return response.json()["data"]["result"]
 
     def query_range(self, promql: str, start: datetime, end: datetime, step_seconds: int) -> RangeSeries:
         """One range query over [start, end]: a matrix as (labels, [(unix time, value), ...]) pairs."""

@@ -25,19 +25,23 @@ from typing import Any
 from patron.api.durations import format_duration, parse_duration
 from patron.api.models import CustomerSLOSpec
 from patron.api.selectors import Matcher, Selector
-from patron.impact.assess import Series
+from patron.impact.assess import Series, by_label
 from patron.impact.queries import (
     BASELINE_COVERAGE,
     FRESHNESS,
     QueryPlan,
     Read,
-    bad_key,
     nonzero,
+    plan_queries,
     series_selectors,
-    total_key,
+    unfiltered,
 )
 
 SLO_LABEL = "customerslo"
+# Candidates named in the filtered queries at most; with more, each filtered query recomputes them
+# in PromQL instead (slower for Prometheus, the same answer). 10,000 names make a ~150 kB query.
+LISTED_CANDIDATES = 10_000
+REGEX_META = frozenset("\\.+*?()|[]{}^$")
 BLOCK_LABEL = "patron_block"
 BUDGET_GROUP_MAX_INTERVAL = 300  # seconds: Prometheus' default lookback; a sparser series would vanish
 
@@ -90,9 +94,10 @@ def kinds(spec: CustomerSLOSpec) -> tuple[str, str]:
     return "requests", "good_requests" if bad_is_good else "errors"
 
 
-def recorded(kind: str, window: int, slo: str) -> str:
-    """The selector of one recorded series of CustomerSLO `slo` ("<ns>/<name>")."""
-    return Selector(series_name(kind, window), (Matcher(SLO_LABEL, "=", slo),)).render()
+def recorded(kind: str, window: int, slo: str, only: Matcher | None = None) -> str:
+    """The selector of one recorded series of CustomerSLO `slo` ("<ns>/<name>"), of the customers
+    `only` matches when given."""
+    return Selector(series_name(kind, window), (Matcher(SLO_LABEL, "=", slo), *([only] if only else []))).render()
 
 
 def _rule(kind: str, window: int, expr: str, slo: str) -> dict[str, Any]:
@@ -194,20 +199,54 @@ def coverage_query(spec: CustomerSLOSpec, slo: str, plan: QueryPlan) -> str:
     return " or ".join(parts)
 
 
-def with_recorded(spec: CustomerSLOSpec, slo: str, plan: QueryPlan, covered: set[tuple[int, int]]) -> QueryPlan:
-    """`plan` reading the recorded series for every (window, offset) in `covered`, raw otherwise.
+def with_recorded(
+    spec: CustomerSLOSpec, slo: str, covered: set[tuple[int, int]], candidates: Series | None = None
+) -> QueryPlan:
+    """The plan reading the recorded series for every (window, offset) in `covered`, raw otherwise.
 
     The bad series of a window are read the same way as its total, so a ratio never mixes the two.
+    Once the candidate filter's own reads are covered the plan is bounded (`_bounded`): with
+    `candidates` (the result of `candidates_query`, at most LISTED_CANDIDATES customers) every
+    filtered query names them in its selectors, so Prometheus reads only their series; without
+    (or with more), each filtered query recomputes the candidates in PromQL.
     """
     _, _, bad_is_good = series_selectors(spec)
+    label = spec.customer_label
+    bounded = _candidate_reads(spec) <= covered
+    names = sorted(by_label(candidates, label)) if candidates is not None else None
+    listed = bounded and names is not None and len(names) <= LISTED_CANDIDATES
+    only = Matcher(label, "=~", "|".join(_literal(n) for n in names)) if listed and names else None
+    plan = plan_queries(spec, only)
+    keep = unfiltered(spec)
     queries = dict(plan.queries)
     recordable = {(r.window, r.offset) for r in _recordable(layout(spec), plan)}
     for name, r in plan.reads.items():
         if (r.window, r.offset) in covered & recordable:
-            queries[name] = f"{recorded(_kind(spec, r), r.window, slo)}{_offset(r.offset)}{nonzero(r, bad_is_good)}"
+            narrow = None if name in keep else only
+            queries[name] = (
+                f"{recorded(_kind(spec, r), r.window, slo, narrow)}{_offset(r.offset)}{nonzero(r, bad_is_good)}"
+            )
     raw = sorted(recordable - covered)
-    plan = replace(plan, queries=queries, raw=tuple(span(w) + _offset(o) for w, o in raw))
-    return _bounded(spec, slo, plan) if _candidate_reads(spec) <= covered else plan
+    if not bounded:
+        return replace(plan, queries=queries, raw=tuple(span(w) + _offset(o) for w, o in raw))
+    filtered = (plan.reads.keys() - keep) | {BASELINE_COVERAGE}
+    if not listed:
+        cand = _candidates(spec, slo)
+        queries = {n: f"({q}) and on ({label}) ({cand})" if n in filtered else q for n, q in queries.items()}
+    elif not names:  # no candidate: nothing to ask
+        queries = {n: q for n, q in queries.items() if n not in filtered}
+    return _bounded(spec, slo, replace(plan, queries=queries, raw=tuple(span(w) + _offset(o) for w, o in raw)))
+
+
+def candidates_query(spec: CustomerSLOSpec, slo: str) -> str:
+    """The customers over some row's burn threshold in its long window, or storming: one series each."""
+    return _candidates(spec, slo)
+
+
+def _literal(name: str) -> str:
+    """`name` as an RE2 literal: only the metacharacters escaped, so Prometheus still reads an
+    alternation of such literals as a set of values (an index lookup per name, no scan)."""
+    return "".join("\\" + ch if ch in REGEX_META else ch for ch in name)
 
 
 def _candidate_reads(spec: CustomerSLOSpec) -> set[tuple[int, int]]:
@@ -245,29 +284,24 @@ def _candidates(spec: CustomerSLOSpec, slo: str) -> str:
 
 
 def _bounded(spec: CustomerSLOSpec, slo: str, plan: QueryPlan) -> QueryPlan:
-    """Filter every per-customer query but total[L] (the active customers) to the candidates.
+    """`plan`, its filtered queries narrowed to the candidates, with the bounded FRESHNESS query: the
+    customers without a fresh sample (an age, or time() when they have none within the lookback)
+    and, unlabelled, the newest age.
 
     A candidate keeps its presence in each window (absent is unknown, present with 0 is known);
     a customer that is not a candidate is neither impacted, lost nor storming whatever its other
-    windows hold. Latency keeps good requests over L unfiltered (every customer must have the
-    threshold's bucket). FRESHNESS returns the customers without a fresh sample (an age, or
-    time() when they have none within the lookback) and, unlabelled, the newest age.
+    windows hold.
     """
     label = spec.customer_label
     long_ = parse_duration(spec.first_window.long)
-    _, _, bad_is_good = series_selectors(spec)
-    keep = {total_key(long_)} | ({bad_key(long_)} if bad_is_good else set())
-    cand = _candidates(spec, slo)
-    filtered = (plan.reads.keys() - keep) | {BASELINE_COVERAGE}
-    queries = {name: f"({q}) and on ({label}) ({cand})" if name in filtered else q for name, q in plan.queries.items()}
     total, _, _ = series_selectors(spec)
     age = f"(time() - max by ({label}) (timestamp({total.render()})))"
     active = f"group by ({label}) ({recorded(kinds(spec)[0], long_, slo)})"
-    queries[FRESHNESS] = (
+    freshness = (
         f"{age} > {parse_duration(spec.impact.stale_after)} or on ({label}) "
         f"(({active} unless on ({label}) {age}) * 0 + time()) or min({age})"
     )
-    return replace(plan, queries=queries, bounded=True)
+    return replace(plan, queries={**plan.queries, FRESHNESS: freshness}, bounded=True)
 
 
 def covered_reads(series: Series) -> set[tuple[int, int]]:
