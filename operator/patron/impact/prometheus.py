@@ -56,7 +56,12 @@ class Prometheus:
         no proxy's URL limit as a GET (prometheus-api-client's custom_query puts it in the URL)."""
         client = self._client
         response = client._session.post(
-            f"{self.url}/api/v1/query", data=form, headers=client.headers, auth=client.auth, timeout=self.timeout
+            f"{self.url}/api/v1/query",
+            data=form,
+            headers=client.headers,
+            auth=client.auth,
+            timeout=self.timeout,
+            verify=client._session.verify,  # explicit: else REQUESTS_CA_BUNDLE in the environment wins
         )
         if response.status_code != 200:
             raise PrometheusApiClientException(f"HTTP Status Code {response.status_code} ({response.content!r})")
