@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Benchmark one evaluation at 10, 1,000 and 10,000 customers against a real Prometheus.
 
-With `--mode raw|recorded` it prints one JSON line per size instead (wall_s, queries,
-bytes_downloaded, assess_s, patron_peak_rss_mib, rule_group_eval_s, Prometheus' peak RSS and series):
-recorded backfills Patron's recording rules over the data first (promtool, level by level).
+With `--mode raw [recorded]` it prints one JSON line per size and mode instead (wall_s, queries,
+bytes_downloaded, assess_s, patron_peak_rss_mib, rule_group_eval_s, slowest_queries, Prometheus' peak
+RSS and series), both modes on one Prometheus holding the raw counters and Patron's recorded series
+(synthesized with their exact values; `--promtool-backfill` evaluates the rules over the data
+instead, level by level).
 
 Backfills 4 h of per-customer counters (5% of customers failing), starts Prometheus on them and
 measures: wall time per evaluation (median of --repeat), Prometheus queries per evaluation, and the
