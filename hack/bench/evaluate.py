@@ -45,7 +45,7 @@ from patron.impact.assess import Series, assess  # noqa: E402
 from patron.impact.evaluate import evaluate_now  # noqa: E402
 from patron.impact.prometheus import Prometheus  # noqa: E402
 from patron.impact.queries import plan_queries  # noqa: E402
-from patron.impact.rules import candidates_query, coverage_query, covered_reads, rule_file, with_recorded  # noqa: E402
+from patron.impact.rules import MARKER, candidates_query, coverage_query, covered_reads, rule_file, with_recorded  # noqa: E402
 from patron.reconcile import parse_spec  # noqa: E402
 
 MIN = 60
@@ -156,9 +156,13 @@ def _recorded(out: TextIO, n: int, end: float, spec: CustomerSLOSpec) -> None:
     failing = max(1, n // 20)
     start = 40 * MIN  # the failing customers' 50% errors, seconds before the end
     times = [end - k * 300 for k in range(48, -1, -1)]
+    markers: list[str] = []
     for group in rule_file(spec, "default", "bench")["groups"]:
         for rule in group["rules"]:
             name = rule["record"]
+            if name == MARKER:  # one family for every group's marker, written last
+                markers.append(",".join(f'{k}="{v}"' for k, v in sorted(rule["labels"].items())))
+                continue
             window = parse_duration(name.rsplit("rate", 1)[1])
             errors = ":errors:" in name
             out.write(f"# TYPE {name} gauge\n")
@@ -168,6 +172,8 @@ def _recorded(out: TextIO, n: int, end: float, spec: CustomerSLOSpec) -> None:
                     overlap = max(0.0, min(t, end) - max(t - window, end - start)) if i < failing else 0.0
                     value = 0.5 * overlap / window if errors else 1.0
                     out.write(f"{name}{labels} {value!r} {t:.0f}\n")
+    out.write(f"# TYPE {MARKER} gauge\n")
+    out.writelines(f"{MARKER}{{{labels}}} 1 {t:.0f}\n" for labels in markers for t in times)
 
 
 def _rss_mib(pid: int, field: str) -> float:

@@ -123,8 +123,27 @@ def test_golden_case_count() -> None:
 def test_rule_file_golden(name: str) -> None:
     the_spec, groups = CASES[name]
     got = rule_file(the_spec, "ns", "slo")["groups"]
-    assert [(g["name"], g["interval"], [(r["record"], r["expr"]) for r in g["rules"]]) for g in got] == groups
-    assert all(r["labels"] == {"customerslo": "ns/slo"} for g in got for r in g["rules"])
+    assert [(g["name"], g["interval"], [(r["record"], r["expr"]) for r in g["rules"][:-1]]) for g in got] == groups
+    assert all(r["labels"] == {"customerslo": "ns/slo"} for g in got for r in g["rules"][:-1])
+    markers = [g["rules"][-1] for g in got]
+    assert all((m["record"], m["expr"]) == ("patron:rules:evaluated", "vector(1)") for m in markers)
+    assert all(set(m["labels"]) == {"customerslo", "patron_rules"} for m in markers)
+
+
+def test_each_group_is_marked_with_a_digest_of_its_rules() -> None:
+    """The coverage query reads the markers: a changed rule (here the total selector) or interval
+    changes the digest of level 0's group, so the new rules warm up before anything is read (the
+    budget group's own rules read only recorded series: its digest stays, its coverage waits for
+    level 0's new marker)."""
+    specs = (
+        spec(),
+        spec(),
+        spec(indicator={"ratio": {**RATIO["ratio"], "total": 'req_total{service="b"}'}}),
+        spec(recordingRules={"interval": "1m"}),
+    )
+    digests = [[g["rules"][-1]["labels"]["patron_rules"] for g in rule_file(s, "ns", "slo")["groups"]] for s in specs]
+    assert digests[0] == digests[1] and len(set(digests[0])) == 2
+    assert all(other[0] != digests[0][0] and other[1] == digests[0][1] for other in digests[2:])
 
 
 def test_each_window_is_built_from_the_longest_recorded_window_dividing_it() -> None:
@@ -156,11 +175,15 @@ def test_recorded_reads_replace_covered_windows_only() -> None:
     plan = plan_queries(the_spec)
     coverage = coverage_query(the_spec, "ns/slo", plan)
     assert coverage.count(" or ") == 4  # 30m, 1h, 1h offset 1h, 6h, 30d: S is always read raw
-    assert (
-        'label_replace(label_replace(count(patron:requests:rate1h{customerslo="ns/slo"} offset 1h) and '
-        'count(patron:requests:rate5m{customerslo="ns/slo"} offset 115m), "window", "3600", "", ""), '
-        '"offset", "3600", "", "")' in coverage
+    fast, budget = (
+        f'patron:rules:evaluated{{customerslo="ns/slo",patron_rules="{g["rules"][-1]["labels"]["patron_rules"]}"}}'
+        for g in rule_file(the_spec, "ns", "slo")["groups"]
     )
+    assert (
+        f"label_replace(label_replace(count({fast} offset 1h) and count({fast} offset 115m), "
+        '"window", "3600", "", ""), "offset", "3600", "", "")' in coverage
+    )
+    assert f"count({budget}) and count({fast} offset 43195m)" in coverage
     covered = covered_reads([({"window": "1800", "offset": "0"}, 1.0), ({"window": "3600", "offset": "0"}, 1.0)])
     got = with_recorded(the_spec, "ns/slo", covered)
     assert got.queries["total[1800]"] == 'patron:requests:rate30m{customerslo="ns/slo"}'

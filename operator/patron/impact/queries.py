@@ -39,6 +39,7 @@ class QueryPlan:
     budget_only: frozenset[str] = frozenset()
     reads: Mapping[str, Read] = field(default_factory=dict)  # the rate queries, by name
     raw: tuple[str, ...] = ()  # spellings of the windows read raw although recording rules are enabled
+    recorded: frozenset[str] = frozenset()  # the reads taken from Patron's recorded series
     # Bounded: every query but the active one (total[L]) returns only candidates (customers over a
     # burn threshold or storming); FRESHNESS then returns the stale customers and the newest age.
     bounded: bool = False

@@ -19,6 +19,8 @@ Every recorded series keeps the customer label and carries customerslo="<ns>/<na
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,6 +45,9 @@ SLO_LABEL = "customerslo"
 LISTED_CANDIDATES = 10_000
 REGEX_META = frozenset("\\.+*?()|[]{}^$")
 BLOCK_LABEL = "patron_block"
+# One series per rule group, 1 wherever the group was evaluated, labelled with a digest of the group.
+MARKER = "patron:rules:evaluated"
+DIGEST_LABEL = "patron_rules"
 BUDGET_GROUP_MAX_INTERVAL = 300  # seconds: Prometheus' default lookback; a sparser series would vanish
 
 
@@ -145,7 +150,16 @@ def rule_groups(spec: CustomerSLOSpec, slo: str) -> list[dict[str, Any]]:
         ]
         every = span(max(interval, min(s, BUDGET_GROUP_MAX_INTERVAL)))
         groups.append({"name": f"patron:{slo}:budget", "interval": every, "rules": budget})
-    return groups
+    return [_marked(g, slo) for g in groups]
+
+
+def _marked(group: dict[str, Any], slo: str) -> dict[str, Any]:
+    """`group` with a last rule recording one series, 1, labelled with a digest of the group (its
+    rules and interval): where that series exists, these very rules were evaluated, so the coverage
+    query checks one series instead of every customer's."""
+    digest = hashlib.sha256(json.dumps([group["interval"], group["rules"]], sort_keys=True).encode()).hexdigest()
+    marker = {"record": MARKER, "expr": "vector(1)", "labels": {SLO_LABEL: slo, DIGEST_LABEL: digest[:16]}}
+    return {**group, "rules": [*group["rules"], marker]}
 
 
 def rule_file(spec: CustomerSLOSpec, namespace: str, name: str) -> dict[str, Any]:
@@ -185,18 +199,25 @@ def _recordable(lay: RecordedLayout, plan: QueryPlan) -> list[Read]:
 def coverage_query(spec: CustomerSLOSpec, slo: str, plan: QueryPlan) -> str:
     """One query: a series {window, offset} for each total read the recorded series cover now.
 
-    Covered: the window's own recorded series exists at the read's offset, and level 0 existed
-    `layout.depth` ago, so the level built from it was complete (not warming up).
+    Covered: the group recording the window (these rules: the marker's digest) was evaluated at the
+    read's offset, and level 0's group `layout.depth` ago, so the level built from it was complete
+    (not warming up). Each check reads one marker series, whatever the number of customers.
     """
     lay = layout(spec)
-    total = kinds(spec)[0]
+    groups = rule_groups(spec, slo)
+    fast, budget = (_marker(g, slo) for g in (groups[0], groups[-1]))
     parts = [
-        f"label_replace(label_replace(count({recorded(total, r.window, slo)}{_offset(r.offset)})"
-        f" and count({recorded(total, lay.shortest, slo)}{_offset(lay.depth(r.window, r.offset))}),"
+        f"label_replace(label_replace(count({budget if r.window == lay.budget else fast}{_offset(r.offset)})"
+        f" and count({fast}{_offset(lay.depth(r.window, r.offset))}),"
         f' "window", "{r.window}", "", ""), "offset", "{r.offset}", "", "")'
         for r in sorted({r for r in _recordable(lay, plan) if r.kind == "total"}, key=lambda r: (r.window, r.offset))
     ]
     return " or ".join(parts)
+
+
+def _marker(group: dict[str, Any], slo: str) -> str:
+    digest = group["rules"][-1]["labels"][DIGEST_LABEL]
+    return Selector(MARKER, (Matcher(SLO_LABEL, "=", slo), Matcher(DIGEST_LABEL, "=", digest))).render()
 
 
 def with_recorded(
@@ -220,13 +241,13 @@ def with_recorded(
     keep = unfiltered(spec)
     queries = dict(plan.queries)
     recordable = {(r.window, r.offset) for r in _recordable(layout(spec), plan)}
-    for name, r in plan.reads.items():
-        if (r.window, r.offset) in covered & recordable:
-            narrow = None if name in keep else only
-            queries[name] = (
-                f"{recorded(_kind(spec, r), r.window, slo, narrow)}{_offset(r.offset)}{nonzero(r, bad_is_good)}"
-            )
+    taken = {name for name, r in plan.reads.items() if (r.window, r.offset) in covered & recordable}
+    for name in taken:
+        r = plan.reads[name]
+        narrow = None if name in keep else only
+        queries[name] = f"{recorded(_kind(spec, r), r.window, slo, narrow)}{_offset(r.offset)}{nonzero(r, bad_is_good)}"
     raw = sorted(recordable - covered)
+    plan = replace(plan, recorded=frozenset(taken))
     if not bounded:
         return replace(plan, queries=queries, raw=tuple(span(w) + _offset(o) for w, o in raw))
     filtered = (plan.reads.keys() - keep) | {BASELINE_COVERAGE}
