@@ -62,12 +62,17 @@ class Prometheus:
         return out
 
     def _call(self, promql: str, endpoint: str, params: dict[str, str]) -> object:
-        """GET /api/v1/<endpoint>: its `data.result`; errors as DataProblem, counted and timed in
-        patron_prometheus_query_*. No retry: a failed query waits for the next evaluation."""
+        """POST /api/v1/<endpoint> with a form body (a query naming thousands of candidates would
+        pass no proxy's URL limit as a GET): its `data.result`; errors as DataProblem, counted and
+        timed in patron_prometheus_query_*. No retry: a failed query waits for the next evaluation."""
         started = time.monotonic()
         try:
             response = self._http.request(
-                "GET", f"{self.url}/api/v1/{endpoint}", fields=params, headers=self.connection.request_headers()
+                "POST",
+                f"{self.url}/api/v1/{endpoint}",
+                fields=params,
+                encode_multipart=False,
+                headers=self.connection.request_headers(),
             )
             body: Any = json.loads(response.data) if response.status == 200 else None
             data = body["data"]["result"] if body is not None else None
