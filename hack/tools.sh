@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the pinned test-bed binaries (kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, etcd, kwok, helm, ratelimit, thanos) from the wrapper Go modules in hack/tools/*, into a cache
-# outside the repository keyed by those modules and the Go version, and renders Envoy Gateway's CRDs
-# from its Go module (envoy-gateway-crds). See docs/testbed.md.
+# outside the repository keyed by those modules and the Go version, renders Envoy Gateway's CRDs
+# from its Go module (envoy-gateway-crds) and copies the Prometheus Operator's PrometheusRule CRD
+# from its module (prometheusrule-crd). See docs/testbed.md.
 #
 #   hack/tools.sh build [NAME...]   build what is missing (all tools by default); reuse the rest
 #   hack/tools.sh path              print the bin directory for the current versions
@@ -17,13 +18,13 @@ MODULES=$ROOT/hack/tools
 CACHE_ROOT=${PATRON_TOOLS_CACHE:-$HOME/.cache/patron/tools}
 # Bump when the build recipe below changes in a way the go.mod/go.sum files do not show.
 RECIPE=1
-TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm ratelimit thanos envoy-gateway-crds)
+TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm ratelimit thanos envoy-gateway-crds prometheusrule-crd)
 # Envoy Gateway's module; its chart charts/gateway-crds-helm holds the BackendTrafficPolicy CRD and
 # the Gateway API CRDs (standard channel), rendered with helm into envoy-gateway-crds.yaml.
 ENVOY_GATEWAY=v1.9.1
 # Tools keyed by their own module alone, in $CACHE_ROOT/NAME-<key> and linked into $BIN: adding or
 # bumping one of them rebuilds only it, not the Kubernetes binaries (minutes of CPU).
-OWN_KEY=(ratelimit thanos)
+OWN_KEY=(ratelimit thanos prometheusrule-crd)
 KWOK_STAGES=(
   node/fast/node-initialize.yaml
   node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
@@ -171,6 +172,24 @@ render_envoy_gateway_crds() {
   ln -sfn "$dir/crds.yaml" "$TOOL_DIR/envoy-gateway-crds.yaml"
 }
 
+# The PrometheusRule CRD (monitoring.coreos.com/v1) of the Prometheus Operator module that
+# hack/tools/prometheusrule-crd pins, copied as it is: the e2e tests of --manage-prometheus-rules apply
+# it. Keyed by that wrapper module alone (OWN_KEY), linked into TOOL_DIR as prometheusrule-crd.yaml.
+copy_prometheusrule_crd() {
+  local dir file=example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml src
+  dir=$(own_dir prometheusrule-crd)
+  if [ ! -s "$dir/prometheusrule-crd.yaml" ]; then
+    src=$(cd "$MODULES/prometheusrule-crd" && "$GO" mod download -json github.com/prometheus-operator/prometheus-operator |
+      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    [ -s "$src/$file" ] || die "github.com/prometheus-operator/prometheus-operator has no $file"
+    mkdir -p "$dir"
+    install -m 0644 "$src/$file" "$dir/.prometheusrule-crd.yaml.tmp"
+    mv -f "$dir/.prometheusrule-crd.yaml.tmp" "$dir/prometheusrule-crd.yaml"
+    log "copied the PrometheusRule CRD from $(module_version prometheusrule-crd github.com/prometheus-operator/prometheus-operator)"
+  fi
+  ln -sfn "$dir/prometheusrule-crd.yaml" "$TOOL_DIR/prometheusrule-crd.yaml"
+}
+
 # kwok v0.8 ships no built-in stages: copy the ones the test bed uses from the module source.
 copy_kwok_stages() {
   local dest=$TOOL_DIR/kwok-stages src stage
@@ -195,6 +214,7 @@ cmd_build() {
   for name in "${names[@]}"; do
     case $name in
       envoy-gateway-crds) render_envoy_gateway_crds ;;
+      prometheusrule-crd) copy_prometheusrule_crd ;;
       *) build_tool "$name" ;;
     esac
     [ "$name" != kwok ] || copy_kwok_stages
@@ -219,7 +239,7 @@ check() {
 
 # Each binary must run and report the version its wrapper module pins.
 cmd_verify() {
-  local k8s etcd kwok helm ratelimit thanos name
+  local k8s etcd kwok helm ratelimit thanos promop name
   failed=0
   k8s=$(module_version kubernetes k8s.io/kubernetes)
   ratelimit=$(module_version ratelimit github.com/envoyproxy/ratelimit)
@@ -227,6 +247,7 @@ cmd_verify() {
   kwok=$(module_version kwok sigs.k8s.io/kwok)
   helm=$(module_version helm helm.sh/helm/v3)
   thanos=$(module_version thanos github.com/thanos-io/thanos)
+  promop=$(module_version prometheusrule-crd github.com/prometheus-operator/prometheus-operator)
   for name in kube-apiserver kube-controller-manager kube-scheduler; do
     check "$name" "Kubernetes $k8s" "$BIN/$name" --version
   done
@@ -238,6 +259,7 @@ cmd_verify() {
   check ratelimit "github.com/envoyproxy/ratelimit	$ratelimit" "$GO" version -m "$BIN/ratelimit"
   check thanos "thanos, version ${thanos#v}" "$BIN/thanos" --version
   check envoy-gateway-crds "name: backendtrafficpolicies.gateway.envoyproxy.io" cat "$TOOL_DIR/envoy-gateway-crds.yaml"
+  check prometheusrule-crd "operator.prometheus.io/version: ${promop#v}" cat "$TOOL_DIR/prometheusrule-crd.yaml"
   for name in "${KWOK_STAGES[@]}"; do
     check "stage $(basename "$name")" "kind: Stage" cat "$TOOL_DIR/kwok-stages/$(basename "$name")"
   done

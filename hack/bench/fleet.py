@@ -12,7 +12,9 @@ Measures from the operator's start: `all_ready_s` (every object Ready=True), the
 seconds every 5 s the evaluation lag of every object (now - patron_last_evaluation_timestamp_seconds
 - interval, at least 0), objects ever Ready=False (patron_customerslo_evaluation_failures_total) and
 their reasons, CPU of the operator and of Prometheus, the operator's peak RSS, status writes per
-second (the API server's own request counter) and Prometheus queries per second. Prints one JSON line.
+second (the API server's own request counter), evaluations and Prometheus queries per second; then
+deletes the namespaces and counts how often the delete handler ran per object (from the operator's
+log). Prints one JSON line.
 
     .venv/bin/python hack/bench/fleet.py --objects 200 [--measure 600] [--keep]
 """
@@ -41,6 +43,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.e2e.conftest import read_exports  # noqa: E402
 from tests.support.promserver import PROMETHEUS, free_port, wait_http  # noqa: E402
+
+from patron.config import MAX_CONCURRENT_EVALUATIONS  # noqa: E402
 
 CUSTOMERS = 50
 NAMESPACES = 10
@@ -179,6 +183,29 @@ def ready_states(env: dict[str, str]) -> dict[str, tuple[str, str]]:
     return out
 
 
+def teardown(env: dict[str, str], operator: subprocess.Popen[bytes] | None) -> bool:
+    """Delete the namespaces; wait (at most 300 s) until the operator has given every finalizer back."""
+    for ns in [f"fleet-{k}" for k in range(NAMESPACES)]:
+        subprocess.run(
+            [str(Path(env["PATRON_TOOLS_BIN"]) / "kubectl"), f"--kubeconfig={env['KUBECONFIG']}",
+             "delete", "namespace", ns, "--wait=false", "--ignore-not-found"],
+            capture_output=True, check=False,
+        )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while operator is not None and time.monotonic() < deadline:
+        try:
+            if not ready_states(env):
+                break
+        except subprocess.CalledProcessError:
+            break
+        time.sleep(5)
+    return True
+
+
+def operator_log(work: Path) -> str:
+    return (work / "operator.log").read_text(errors="replace")
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -218,6 +245,7 @@ def main() -> int:
     )  # fmt: skip
     procs.append(prom)
     operator: subprocess.Popen[bytes] | None = None
+    torn_down = False
     try:
         wait_http(f"{prom_url}/-/ready", timeout=120)
         # Two scrapes, so rates exist before the operator starts.
@@ -265,6 +293,7 @@ def main() -> int:
             for labels, v in samples(text, "patron_customerslo_evaluation_failures_total")
         }
         queries0 = total(text, "patron_prometheus_queries_total")
+        evaluations0 = total(text, "patron_evaluations_total")
         patches0 = status_patches(env)
         op_cpu0, prom_cpu0, t0 = cpu_seconds(operator.pid), cpu_seconds(prom.pid), time.monotonic()
         load0 = os.getloadavg()
@@ -286,7 +315,7 @@ def main() -> int:
             "objects": n,
             "customers_per_object": CUSTOMERS,
             "interval_s": INTERVAL,
-            "max_concurrent_evaluations": args.max_concurrent_evaluations or 4,
+            "max_concurrent_evaluations": args.max_concurrent_evaluations or MAX_CONCURRENT_EVALUATIONS,
             "measure_s": round(elapsed),
             "all_ready_s": all_ready_s,
             "lag_p50_s": round(percentile(lags, 0.50), 1),
@@ -298,29 +327,20 @@ def main() -> int:
             "operator_peak_rss_mib": round(rss_mib(operator.pid)),
             "operator_rss_end_mib": round(rss_mib(operator.pid, "VmRSS")),
             "status_writes_per_s": round((status_patches(env) - patches0) / elapsed, 2),
+            "evaluations_per_s": round((total(text, "patron_evaluations_total") - evaluations0) / elapsed, 1),
             "prometheus_queries_per_s": round((total(text, "patron_prometheus_queries_total") - queries0) / elapsed, 1),
             "prometheus_cpu_cores": round((cpu_seconds(prom.pid) - prom_cpu0) / elapsed, 2),
             "load_average_1m": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
         }
+        if not args.keep:
+            torn_down = teardown(env, operator)
+            runs = operator_log(work).count("Handler 'on_delete' ")  # one line per run: succeeded or failed
+            result["delete_handler_runs_per_object"] = round(runs / n, 2)
         print(json.dumps(result))
         return 0
     finally:
-        if not args.keep:
-            for ns in [f"fleet-{k}" for k in range(NAMESPACES)]:
-                subprocess.run(
-                    [str(Path(env["PATRON_TOOLS_BIN"]) / "kubectl"), f"--kubeconfig={env['KUBECONFIG']}",
-                     "delete", "namespace", ns, "--wait=false", "--ignore-not-found"],
-                    capture_output=True, check=False,
-                )  # fmt: skip
-            # The operator gives the finalizers back; then it stops.
-            deadline = time.monotonic() + 300
-            while operator is not None and time.monotonic() < deadline:
-                try:
-                    if not ready_states(env):
-                        break
-                except subprocess.CalledProcessError:
-                    break
-                time.sleep(5)
+        if not args.keep and not torn_down:
+            teardown(env, operator)
         for proc in reversed(procs):
             proc.terminate()
             try:

@@ -130,6 +130,26 @@ def _positive(text: str) -> int:
     return value
 
 
+def _rule_labels(values: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """--prometheus-rule-label KEY=VALUE (repeatable or comma separated), checked as Kubernetes labels."""
+    import re
+
+    from patron.api.models import K8S_LABEL_KEY_PATTERN, K8S_LABEL_VALUE_PATTERN
+
+    labels = []
+    for item in split_list(values):
+        key, eq, value = item.partition("=")
+        if not eq or not re.fullmatch(K8S_LABEL_KEY_PATTERN, key) or not re.fullmatch(K8S_LABEL_VALUE_PATTERN, value):
+            raise SystemExit(
+                printable(
+                    f"error: --prometheus-rule-label {item!r}: expected KEY=VALUE, a Kubernetes label "
+                    "([prefix/]name, value of at most 63 letters, digits, '-', '_' or '.')"
+                )
+            )
+        labels.append((key, value))
+    return tuple(labels)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import kopf
     from prometheus_client import start_http_server
@@ -158,6 +178,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         prometheus_connection=_connection(args, "prometheus"),
         alertmanager_connection=_connection(args, "alertmanager"),
         max_concurrent_evaluations=args.max_concurrent_evaluations,
+        manage_prometheus_rules=args.manage_prometheus_rules,
+        prometheus_rule_labels=_rule_labels(args.prometheus_rule_label),
     )
     # Kopf's own formatters: FULL for people, JSON (one object per line, with the object's
     # namespace/name) for log pipelines.
@@ -431,6 +453,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("PATRON_MAX_CONCURRENT_EVALUATIONS", str(MAX_CONCURRENT_EVALUATIONS)),
         help="CustomerSLO evaluations running at once; the others wait, earliest due first "
         f"(default {MAX_CONCURRENT_EVALUATIONS}, $PATRON_MAX_CONCURRENT_EVALUATIONS)",
+    )
+    run.add_argument(
+        "--manage-prometheus-rules",
+        action="store_true",
+        default=_env_flag("PATRON_MANAGE_PROMETHEUS_RULES"),
+        help="own a PrometheusRule patron-<name> per CustomerSLO with spec.recordingRules.enabled, when the "
+        "Prometheus Operator's CRD is served ($PATRON_MANAGE_PROMETHEUS_RULES)",
+    )
+    run.add_argument(
+        "--prometheus-rule-label",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[labels] if (labels := os.environ.get("PATRON_PROMETHEUS_RULE_LABELS")) else None,
+        help="label on every PrometheusRule Patron owns, e.g. release=kube-prometheus-stack for your Prometheus' "
+        "ruleSelector; repeatable or comma separated; spec.recordingRules.labels win ($PATRON_PROMETHEUS_RULE_LABELS)",
     )
     run.add_argument("--log-format", choices=("plain", "json"), default=os.environ.get("PATRON_LOG_FORMAT", "plain"))
     _add_namespace_label(run)

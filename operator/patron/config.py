@@ -9,8 +9,9 @@ from patron.impact.connection import Connection
 # On delete, Patron tries to give back what it holds for this long (seconds) after the
 # deletionTimestamp, then lets the CustomerSLO go with a ReleaseAbandoned Warning Event.
 RELEASE_GIVE_UP = 600.0
-# Evaluations running at once (--max-concurrent-evaluations): suits a small node (docs/operations.md).
-MAX_CONCURRENT_EVALUATIONS = 4
+# Evaluations running at once (--max-concurrent-evaluations): suits a small node (docs/operations.md);
+# 8 kept 1,000 CustomerSLOs at interval 30s within the lag targets on 2 shared cores (docs/benchmarks.md).
+MAX_CONCURRENT_EVALUATIONS = 8
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class OperatorConfig:
     prometheus_connection: Connection = field(default_factory=Connection)
     alertmanager_connection: Connection = field(default_factory=lambda: Connection("--alertmanager"))
     max_concurrent_evaluations: int = MAX_CONCURRENT_EVALUATIONS
+    # --manage-prometheus-rules: own a PrometheusRule per CustomerSLO with spec.recordingRules (patron.rulesync),
+    # labelled with these (--prometheus-rule-label) and the spec's labels.
+    manage_prometheus_rules: bool = False
+    prometheus_rule_labels: tuple[tuple[str, str], ...] = ()
 
 
 def split_list(values: list[str] | None) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ same idempotent `reconcile` for each when it is due, at most --max-concurrent-ev
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any, cast
 
 import kopf
 
-from patron import metrics
+from patron import metrics, rulesync
 from patron.actions import ActionContext, AlertmanagerClient, abandoned, act, release
 from patron.actions.plan import parse_records
 from patron.api.durations import parse_duration
@@ -21,8 +22,19 @@ from patron.config import OperatorConfig
 from patron.impact.assess import Assessment, DataProblem
 from patron.impact.evaluate import evaluate_now
 from patron.impact.prometheus import Prometheus
-from patron.kube import K8s, StatusWriter, api_client
-from patron.reconcile import Event, Outcome, evaluated, failed, lag_threshold, lagging, material, parse_spec
+from patron.kube import K8s, Served, StatusWriter, api_client
+from patron.reconcile import (
+    Event,
+    Outcome,
+    Written,
+    evaluated,
+    failed,
+    freshest,
+    lag_threshold,
+    lagging,
+    material,
+    parse_spec,
+)
 from patron.schedule import Schedule, Scheduler
 from patron.status import parse_timestamp
 from patron.text import printable
@@ -38,6 +50,11 @@ HEARTBEATS_PER_SECOND = 1.0
 RESUME_SPREAD = 10.0
 # While a deleted CustomerSLO still holds changes, giving them back is retried this often.
 RELEASE_RETRY_SECONDS = 10.0
+# Kopf's per-object workers (watch events being handled) and Event posters running at once. Unbounded,
+# a start with 1,000 new CustomerSLOs opened 123 TLS connections to the API server at once, and their
+# memory was not given back (peak RSS 368 MiB; 224 MiB bounded: docs/benchmarks.md, Fleet).
+KOPF_WORKERS = 20
+KOPF_EVENT_POSTERS = 5
 
 
 @kopf.on.startup()
@@ -56,6 +73,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Bounded API calls: a hung connection must not stall a CustomerSLO's evaluations.
     settings.networking.request_timeout = 30
     settings.watching.server_timeout = 300
+    settings.queueing.worker_limit = KOPF_WORKERS
+    settings.posting.worker_limit = KOPF_EVENT_POSTERS
     config: OperatorConfig = memo.config
     # Plain namespace names need no namespace listing (and no RBAC on namespaces): without this,
     # Kopf retries listing them for about a minute before falling back to exactly those names.
@@ -65,6 +84,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.fleet = Fleet(config.max_concurrent_evaluations)
     memo.prometheus = Prometheus(config.prometheus_url, config.prometheus_timeout, config.prometheus_connection)
     memo.kube = K8s(api_client())
+    memo.rules_served = Served(memo.kube, "PrometheusRule")  # asked only with --manage-prometheus-rules
     memo.alerts = (
         AlertmanagerClient(config.alertmanager_urls, connection=config.alertmanager_connection)
         if config.alertmanager_urls
@@ -134,13 +154,18 @@ Key = tuple[str, str]  # (namespace, name)
 class Member:
     memo: Any  # the CustomerSLO's own Kopf memo: it holds the object's lock
     logger: Logger
+    body: Any  # Kopf's live view of the object (kopf.Body): every watch event updates it
 
 
 class Fleet:
-    """The CustomerSLOs this operator evaluates, and the one scheduler that runs them."""
+    """The CustomerSLOs this operator evaluates, and the one scheduler that runs them.
+
+    An evaluation starts from the object as watched (no GET): Kopf's live body, or the object its
+    last status write returned while the watch has not delivered that write yet (`written`)."""
 
     def __init__(self, limit: int) -> None:
         self.members: dict[Key, Member] = {}
+        self.written: dict[Key, Written] = {}
         self.scheduler: Scheduler[Key] = Scheduler(Schedule(limit), self._evaluate)
         self.task: asyncio.Task[None] | None = None
 
@@ -154,6 +179,7 @@ class Fleet:
 
     def dismiss(self, key: Key) -> None:
         self.members.pop(key, None)
+        self.written.pop(key, None)
         self.scheduler.remove(key)
         metrics.SCHEDULED.set(len(self.members))
 
@@ -166,7 +192,29 @@ class Fleet:
         if member is None:
             return
         metrics.EVALUATION_LAG.observe(lag)
-        await reconcile(key[0], key[1], member.memo, member.logger, lag)
+        await reconcile(key[0], key[1], member.memo, member.logger, lag, member.body)
+
+    async def current(self, k8s: K8s, key: Key, body: Any) -> dict[str, Any] | None:
+        """A private copy of the object as the server last had it (read afresh when that is unknown)."""
+        known = freshest(body, self.written.get(key))
+        if known is body or known is None:  # the watch delivered our write, or it cannot be told
+            self.written.pop(key, None)
+        if known is None:
+            return await k8s.get("CustomerSLO", *key)
+        return snapshot(known)
+
+    def wrote(self, key: Key, seen: str, writer: StatusWriter) -> None:
+        """After an evaluation that started with the body at resourceVersion `seen`: remember what
+        its last write returned, if it wrote (without managedFields: never read)."""
+        if writer.written is not None and key in self.members:
+            writer.written.get("metadata", {}).pop("managedFields", None)
+            self.written[key] = Written(seen, writer.written)
+
+
+def snapshot(obj: Any) -> dict[str, Any]:
+    """A deep copy of a watched object without metadata.managedFields (never read; the bulk)."""
+    meta = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
+    return cast(dict[str, Any], json.loads(json.dumps({**obj, "metadata": meta})))
 
 
 def _interval(spec: kopf.Spec) -> float:
@@ -179,7 +227,7 @@ def _interval(spec: kopf.Spec) -> float:
 def _enlist(name: str, namespace: str | None, spec: kopf.Spec, body: kopf.Body, memo: Any, spread: float) -> None:
     # Scheduled evaluations log without posting Events: Events are the outcome's, on transitions only.
     logger = kopf.LocalObjectLogger(body=body, settings=memo.kopf_settings)
-    memo.fleet.enlist((namespace or "", name), _interval(spec), Member(memo, logger), spread)
+    memo.fleet.enlist((namespace or "", name), _interval(spec), Member(memo, logger, body), spread)
 
 
 @kopf.on.create(*RESOURCE)
@@ -215,14 +263,18 @@ def _lock(memo: Any) -> asyncio.Lock:
     return lock
 
 
-async def reconcile(namespace: str, name: str, memo: Any, logger: Logger, lag: float = 0.0) -> None:
-    """Read the object afresh, evaluate, write status if it changed, post Events. Idempotent.
+async def reconcile(namespace: str, name: str, memo: Any, logger: Logger, lag: float = 0.0, body: Any = None) -> None:
+    """Evaluate the object as last known (Kopf's live `body`; read afresh without one), write
+    status if it changed, post Events. Idempotent.
 
     `lag`: how late this evaluation started (seconds past due); past lag_threshold it is Lagging.
     """
     async with _lock(memo):
         k8s: K8s = memo.kube
-        obj = await k8s.get("CustomerSLO", namespace, name)
+        fleet: Fleet = memo.fleet
+        key = (namespace, name)
+        seen = None if body is None else str(body["metadata"].get("resourceVersion"))
+        obj = await (k8s.get("CustomerSLO", namespace, name) if body is None else fleet.current(k8s, key, body))
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return
         previous: dict[str, Any] = dict(obj.get("status") or {})
@@ -236,7 +288,7 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger, lag: f
             spec = parse_spec(obj.get("spec") or {}, memo.config.namespace_label, namespace)
             assessment = await evaluate_now(spec, memo.prometheus, f"{namespace}/{name}")
             outcome = evaluated(spec, previous, assessment, generation, now)
-            outcome = lagging(outcome, lag, lag_threshold(parse_duration(spec.interval)), generation, now)
+            outcome = lagging(outcome, lag, lag_threshold(parse_duration(spec.interval)), generation, now, previous)
             metrics.IMPACTED.labels(namespace, name).set(len(assessment.impacted))
             metrics.EVALUATIONS.labels(outcome="Evaluated").inc()
         except DataProblem as problem:
@@ -247,11 +299,20 @@ async def reconcile(namespace: str, name: str, memo: Any, logger: Logger, lag: f
             metrics.EVALUATION_SECONDS.observe(time.monotonic() - started)
             metrics.LAST_EVALUATION.labels(namespace, name).set_to_current_time()
         context = _context(obj, memo, logger, now)
-        outcome = await act(context, spec, assessment, outcome)
-        metrics.observe(namespace, name, outcome.status, time.monotonic() - started, spec)
-        heartbeat = heartbeat_seconds(len(memo.fleet.members))
-        if _worth_writing(context.writer.current, outcome.status, now, heartbeat):
-            await context.writer.write(outcome.status)
+        try:
+            outcome = await act(context, spec, assessment, outcome)
+            if spec is not None:
+                status = await rulesync.sync(
+                    k8s, memo.rules_served, memo.config, obj, spec, outcome.status, now, logger
+                )
+                outcome = Outcome(status, outcome.events)
+            metrics.observe(namespace, name, outcome.status, time.monotonic() - started, spec)
+            heartbeat = heartbeat_seconds(len(fleet.members))
+            if _worth_writing(context.writer.current, outcome.status, now, heartbeat):
+                await context.writer.write(outcome.status)
+        finally:  # also after a write-ahead of a failed action
+            if seen is not None:
+                fleet.wrote(key, seen, context.writer)
         for event in outcome.events:
             _post(obj, event)
 

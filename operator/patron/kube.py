@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, cast
 
@@ -35,16 +36,28 @@ DEFAULT_RETRY_AFTER = 1.0
 # Threads for API calls (the client's connection pool holds 10 connections).
 THREADS = 8
 
-ResourceKind = Literal["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "ReplicaSet", "CustomerSLO"]
+ResourceKind = Literal[
+    "ConfigMap",
+    "BackendTrafficPolicy",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "ReplicaSet",
+    "CustomerSLO",
+    "PrometheusRule",
+]
 Subresource = Literal["status"]
 # kind -> (API prefix, plural): the only resources Patron reads or writes.
 RESOURCES: dict[str, tuple[str, str]] = {
     "ConfigMap": ("/api/v1", "configmaps"),
+    "BackendTrafficPolicy": ("/apis/gateway.envoyproxy.io/v1alpha1", "backendtrafficpolicies"),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "ReplicaSet": ("/apis/apps/v1", "replicasets"),
     "CustomerSLO": (f"/apis/{API_GROUP}/{API_VERSION}", PLURAL),
+    "PrometheusRule": ("/apis/monitoring.coreos.com/v1", "prometheusrules"),
 }
+# How long an answer of discovery (is a kind served?) is kept before it is asked again.
+DISCOVERY_TTL = 60.0
 _NAME = re.compile(OBJECT_NAME_PATTERN)
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -127,13 +140,26 @@ class K8s:
         query: list[tuple[str, str]] | None = None,
         sub: Subresource | None = None,
     ) -> dict[str, Any]:
-        """One request (retried on 429); the answer's JSON, or ApiError."""
+        """A request on an object or on the objects of a kind in `namespace`."""
         path = object_path(kind, namespace, name, sub)
+        target = f"{kind}/{name}" if name else f"{kind} list"
+        return await self._request(method, path, target, body, content_type, query)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        target: str,
+        body: Any = None,
+        content_type: str | None = None,
+        query: list[tuple[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        """One request (retried on 429); the answer's JSON, or ApiError naming `target`."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
         params = list(query or [])
-        if method != "GET":
+        if method in ("POST", "PATCH"):
             params.append(("fieldManager", FIELD_MANAGER))
         for attempt in range(RETRIES_429 + 1):
             status, reason, got, text = await self.pool.run(self.send, method, path, headers, params, body)
@@ -146,7 +172,7 @@ class K8s:
             message = str(json.loads(text or "{}").get("message", ""))
         except (ValueError, AttributeError):
             message = ""
-        raise ApiError(status, reason, message, f"{kind}/{name}" if name else f"{kind} list")
+        raise ApiError(status, reason, message, target)
 
     def send(
         self, method: str, path: str, headers: dict[str, str], params: list[tuple[str, str]], body: Any
@@ -175,6 +201,33 @@ class K8s:
         listed = await self._call("GET", kind, namespace, query=query)
         return list(listed.get("items") or [])
 
+    async def create(self, kind: ResourceKind, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST `body` (its metadata.name checked like any name) into `namespace`."""
+        name = check_name(str(body["metadata"]["name"]))
+        return await self._request("POST", object_path(kind, namespace), f"{kind}/{name}", body)
+
+    async def delete(self, kind: ResourceKind, namespace: str, name: str, preconditions: dict[str, str]) -> None:
+        """DELETE, only while the object still has the `preconditions` (uid, resourceVersion): else 409.
+        Gone already is done."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions}
+        try:
+            await self._call("DELETE", kind, namespace, name, body)
+        except ApiError as err:
+            if err.status != 404:
+                raise
+
+    async def served(self, kind: ResourceKind) -> bool:
+        """Whether the API server serves `kind` (discovery of its group version: every authenticated
+        user may read it, so this needs no RBAC)."""
+        prefix, plural = RESOURCES[kind]
+        try:
+            found = await self._request("GET", prefix, f"discovery {prefix}")
+        except ApiError as err:
+            if err.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in found.get("resources") or [])
+
     async def json_patch(
         self, kind: ResourceKind, namespace: str, name: str, ops: list[dict[str, Any]]
     ) -> dict[str, Any]:
@@ -184,6 +237,27 @@ class K8s:
         self, kind: ResourceKind, namespace: str, name: str, patch: dict[str, Any], sub: Subresource | None = None
     ) -> dict[str, Any]:
         return await self._call("PATCH", kind, namespace, name, patch, MERGE_PATCH, sub=sub)
+
+
+class Served:
+    """Whether a kind is served, from discovery asked at most every `ttl` seconds (a CRD installed or
+    removed later is noticed within that); `forget` asks again next time. A failed question is not
+    kept: it raises, and is asked again."""
+
+    def __init__(
+        self, k8s: K8s, kind: ResourceKind, ttl: float = DISCOVERY_TTL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.k8s, self.kind, self.ttl, self.clock = k8s, kind, ttl, clock
+        self.answer: tuple[float, bool] | None = None  # (when asked, served)
+
+    async def __call__(self) -> bool:
+        now = self.clock()
+        if self.answer is None or now - self.answer[0] >= self.ttl:
+            self.answer = (now, await self.k8s.served(self.kind))
+        return self.answer[1]
+
+    def forget(self) -> None:
+        self.answer = None
 
 
 def api_client(kubeconfig: str | None = None, context: str | None = None) -> kubernetes.client.ApiClient:
@@ -204,13 +278,15 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> kub
 class StatusWriter:
     """The one way a CustomerSLO's status is written: a JSON merge patch from what the server holds
     (`current`: as read, then as each write returned it) to the new status. A write-ahead and the
-    final write of one evaluation therefore never diff against a status the server no longer has."""
+    final write of one evaluation therefore never diff against a status the server no longer has.
+    `written`: the whole object as the last write returned it (None before any write)."""
 
     def __init__(self, k8s: K8s, namespace: str, name: str, current: Mapping[str, Any]) -> None:
         self.k8s = k8s
         self.namespace = namespace
         self.name = name
         self.current: dict[str, Any] = dict(current)
+        self.written: dict[str, Any] | None = None
 
     async def write(self, status: Mapping[str, Any]) -> None:
         patch = merge_patch(self.current, status)
@@ -218,3 +294,4 @@ class StatusWriter:
             return
         obj = await self.k8s.merge_patch("CustomerSLO", self.namespace, self.name, {"status": patch}, sub="status")
         self.current = dict(obj.get("status") or {})
+        self.written = obj

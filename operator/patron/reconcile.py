@@ -34,6 +34,29 @@ class Outcome:
     events: tuple[Event, ...] = ()
 
 
+@dataclass(frozen=True)
+class Written:
+    """Patron's last status write of an object: the whole object it returned, and the
+    resourceVersion of the watched body that evaluation started from."""
+
+    seen: str
+    obj: Mapping[str, Any]
+
+
+def freshest(body: Mapping[str, Any], written: Written | None) -> Mapping[str, Any] | None:
+    """The newest known state of an object: the watched `body` (Kopf's), or the object Patron's last
+    write returned while the watch has not delivered that write yet. None when it cannot be told
+    (the watch delivered some other change, not yet ours): then it must be read afresh."""
+    if written is None:
+        return body
+    version = (body.get("metadata") or {}).get("resourceVersion")
+    if version == (written.obj.get("metadata") or {}).get("resourceVersion"):
+        return body
+    if version == written.seen:
+        return written.obj
+    return None
+
+
 def parse_spec(spec: Mapping[str, Any], namespace_label: str | None = None, namespace: str = "") -> CustomerSLOSpec:
     """The spec as a model; DataProblem('InvalidSpec') naming each bad field and what is allowed.
 
@@ -116,17 +139,26 @@ def lag_threshold(interval: float) -> float:
     return max(interval, LAG_FLOOR)
 
 
-def lagging(outcome: Outcome, lag: float, threshold: float, generation: int | None, now: datetime) -> Outcome:
-    """Ready=True reason Lagging when the evaluation started more than `threshold` s late.
+def _ready(status: dict[str, Any]) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+
+
+def lagging(
+    outcome: Outcome, lag: float, threshold: float, generation: int | None, now: datetime, previous: dict[str, Any]
+) -> Outcome:
+    """Ready=True reason Lagging when the evaluation started more than `threshold` s late; an
+    object whose `previous` status was already Lagging stays so until its lag is under threshold/2.
 
     The data was evaluated (Ready stays True) but later than spec.interval promises: the operator
-    has more work than its concurrency limit keeps up with. The message names no figure, so a
-    lagging fleet does not rewrite every status on every evaluation.
+    has more work than its concurrency limit keeps up with. The message names no figure and the
+    hysteresis keeps a lag near the threshold from flipping the reason, so a lagging fleet does not
+    rewrite every status on every evaluation.
     """
-    conditions = outcome.status.get("conditions") or []
-    ready = next((c for c in conditions if c.get("type") == "Ready"), None)
-    if lag <= threshold or ready is None or ready.get("status") != "True":
+    ready = _ready(outcome.status)
+    was_lagging = (_ready(previous) or {}).get("reason") == "Lagging"
+    if lag <= (threshold / 2 if was_lagging else threshold) or ready is None or ready.get("status") != "True":
         return outcome
+    conditions = outcome.status.get("conditions") or []
     message = (
         f"{ready.get('message', '')}; started more than {threshold:g} s after it was due: the operator is "
         "overloaded (patron_evaluation_lag_seconds; raise --max-concurrent-evaluations or shard)"

@@ -5,7 +5,7 @@ carries the status forward exactly as the operator would, so severities, inciden
 what a live operator evaluating at the same instants decides.
 
 Actions are planned by the operator's own planners (`patron.actions.simulate`) against simulated
-objects carried from step to step: the throttle ConfigMap (which starts with no Patron key) and the
+objects carried from step to step: the throttle target (which starts holding nothing of Patron's) and the
 scale target Deployment (at `replicas`, no HPA). Alerts are planned as if an Alertmanager were
 configured; nothing is sent or changed. Rollback is not simulated (a note says so).
 """

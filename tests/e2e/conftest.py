@@ -156,6 +156,20 @@ def namespace(testbed: Testbed, request: pytest.FixtureRequest) -> Iterator[str]
     testbed.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+POLICY_CRD = "backendtrafficpolicies.gateway.envoyproxy.io"
+
+
+@pytest.fixture(scope="session")
+def envoy_gateway_crds(testbed: Testbed) -> str:
+    """Envoy Gateway's BackendTrafficPolicy CRD and the Gateway API CRDs, applied and Established."""
+    path = testbed.bin_dir.parent / "envoy-gateway-crds.yaml"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run hack/tools.sh build envoy-gateway-crds", pytrace=False)
+    testbed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path), timeout=300)
+    testbed.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{POLICY_CRD}")
+    return POLICY_CRD
+
+
 @pytest.fixture(scope="session")
 def k8s_api(testbed: Testbed) -> Iterator[ApiClient]:
     """A kubernetes.client.ApiClient for the test bed (admin, full TLS verification)."""

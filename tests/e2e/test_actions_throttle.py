@@ -27,17 +27,14 @@ def entries(w: World, key: str) -> list[dict[str, Any]] | None:
     return yaml.safe_load(data[key])["descriptors"] if key in data else None
 
 
-def storm_under_two_throttles(w: World) -> None:
-    """acme, bigbot and carol at 10 req/s; CustomerSLOs `checkout` (domain checkout) and `shadow`
-    (domain shadow, shadow mode) throttle into two keys of ConfigMap ratelimit-config at the same
-    moments; then bigbot storms (6x its baseline: limit ceil(10 x 1.25) = 13) and carol suffers."""
+def storm_under_throttles(w: World, throttles: dict[str, dict[str, Any]], **spec: Any) -> None:
+    """acme, bigbot and carol at 10 req/s; one CustomerSLO per entry of `throttles` (name: its
+    actions.throttle) throttles at the same moments; then bigbot storms (6x its baseline: limit
+    ceil(10 x 1.25) = 13) and carol suffers."""
     for name in ("acme", "bigbot", "carol"):
         w.exporter.set(name, rps=10)
     w.start_operator()
-    slos = [
-        slo(w.namespace, "checkout", actions={"throttle": throttle(False, "checkout")}),
-        slo(w.namespace, "shadow", actions={"throttle": throttle(True, "shadow")}),
-    ]
+    slos = [slo(w.namespace, name, actions={"throttle": body}, **spec) for name, body in throttles.items()]
     for body in slos:
         body["spec"]["impact"]["retryStorm"]["baseline"] = "15s"
     w.apply(*slos)
@@ -45,6 +42,12 @@ def storm_under_two_throttles(w: World) -> None:
     time.sleep(80)
     w.exporter.set("bigbot", rps=60)  # a retry storm: 6x its baseline
     w.exporter.set("carol", rps=10, errors=1.0)  # ...and others suffer: warning
+
+
+def storm_under_two_throttles(w: World) -> None:
+    """CustomerSLOs `checkout` (domain checkout) and `shadow` (domain shadow, shadow mode) throttle
+    into two keys of ConfigMap ratelimit-config."""
+    storm_under_throttles(w, {"checkout": throttle(False, "checkout"), "shadow": throttle(True, "shadow")})
 
 
 @pytest.mark.slow

@@ -122,6 +122,12 @@ def test_healthy_slo_and_a_broken_one_side_by_side(testbed: Any, namespace: str,
         ({"customers": {"tiers": [{"name": "gold"}, {"name": "gold"}]}}, "tiers names must be unique"),
         ({"actions": {"scale": {"target": {"name": "x", "namespace": "other"}, "maxReplicas": 3}}}, "namespace"),
         ({"interval": "soon"}, "interval"),
+        (
+            {"actions": {"throttle": {"configMap": "rl", "domain": "d", "backendTrafficPolicy": {"name": "p"}}}},
+            "set exactly one of actions.throttle.configMap or actions.throttle.backendTrafficPolicy",
+        ),
+        ({"actions": {"throttle": {"backendTrafficPolicy": {"name": "p"}, "domain": "d"}}}, "configMap only"),
+        ({"actions": {"throttle": {"backendTrafficPolicy": {"name": "p"}, "header": "x customer"}}}, "header"),
     ],
 )
 def test_invalid_specs_are_refused_at_apply_time(

@@ -1,10 +1,11 @@
 """Least privilege, measured: the chart grants exactly the verbs the operator calls.
 
 Two Helm releases, each serving one namespace (the default values, and `actions.rollback.enabled`
-with peering),
+and `actions.throttle.backendTrafficPolicy.enabled` with peering),
 each with `patron run` holding a token of the release's ServiceAccount, go through a whole cycle at
 once: impact, status, Events, a throttle key, a Deployment scaled 2 -> 4, an HPA's minReplicas
-raised 2 -> 4 (and, with rollback, a fresh rollout paused and resumed), the outage ends, everything
+raised 2 -> 4 (and, with rollback, a fresh rollout paused and resumed and a rule added to an Envoy
+Gateway BackendTrafficPolicy), the outage ends, everything
 is reverted, the CustomerSLOs are deleted (finalizers released). Then every request the
 ServiceAccount made, from the kube-apiserver's audit log (hack/testbed.sh), is compared with the
 rules the release installed: nothing refused, nothing used that is not granted, nothing granted
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from tests.e2e.test_actions_throttle_policy import USER_RULES, policy, rules
 from tests.e2e.test_helm import (
     CHART,
     Namespaces,
@@ -111,6 +113,7 @@ class Cycle:
             self.wait(lambda: self.revision("rb") == "1", "revision 1 of rb", 60)
             self.kubectl("set", "image", "deployment/rb", "rb=registry.invalid/rb:2")
             self.wait(lambda: self.revision("rb") == "2", "revision 2 of rb", 60)
+            self.kubectl("apply", "-f", "-", input=yaml.safe_dump(policy("checkout")))
 
     def revision(self, name: str) -> str:
         return str(
@@ -122,6 +125,8 @@ class Cycle:
         if self.rollback:
             actions["rollback"] = {"target": {"name": "rb"}, "within": "15m", "mode": "pause", "minSeverity": "warning"}
         self.slos = {"act": checkout_slo("act", **actions), "hpa": checkout_slo("hpa", scale=scale("api"))}
+        if self.rollback:
+            self.slos["gw"] = checkout_slo("gw", throttle={"backendTrafficPolicy": {"name": "checkout"}})
         for body in self.slos.values():
             if not outage:  # errors read from the storm scenario alone, which has none
                 body["spec"]["indicator"]["ratio"]["errors"] = 'http_requests_total{service="storm",code=~"5.."}'
@@ -130,6 +135,9 @@ class Cycle:
     def throttle_key(self) -> Any:
         text = (self.get("configmap", "ratelimit-config").get("data") or {}).get("patron-act.yaml")
         return yaml.safe_load(text) if text else None
+
+    def policy_rules(self) -> int:
+        return len(rules(self.get("backendtrafficpolicy", "checkout")))
 
     def replicas(self) -> int:
         return int(self.get("deployment", "web")["spec"]["replicas"])
@@ -158,7 +166,11 @@ def start_cycle(testbed: Testbed, spaces: Namespaces, prometheus: PrometheusServ
     }
     extra: list[str] = []
     if rollback:  # ... and Kopf peering (a KopfPeering in the namespace), audited with it
-        values |= {"actions": {"rollback": {"enabled": True}}, "peering": {"enabled": True, "name": release}}
+        policies = {"enabled": True, "backendTrafficPolicy": {"enabled": True}}
+        values |= {
+            "actions": {"rollback": {"enabled": True}, "throttle": policies},
+            "peering": {"enabled": True, "name": release},
+        }
         extra = ["--peering", release]
     (tmp / "values.yaml").write_text(yaml.safe_dump(values))
     helm(testbed, "install", release, str(CHART), "--namespace", ns, "--values", str(tmp / "values.yaml"))
@@ -178,7 +190,9 @@ def start_cycle(testbed: Testbed, spaces: Namespaces, prometheus: PrometheusServ
 
 
 @pytest.fixture
-def cycles(testbed: Testbed, scenario_prometheus: PrometheusServer, tmp_path: Path) -> Iterator[list[Cycle]]:
+def cycles(
+    testbed: Testbed, scenario_prometheus: PrometheusServer, envoy_gateway_crds: str, tmp_path: Path
+) -> Iterator[list[Cycle]]:
     spaces = Namespaces(testbed, "t-audit")
     started: list[Cycle] = []
     try:
@@ -209,6 +223,7 @@ def run_cycle(cycles: list[Cycle]) -> None:
         c.wait(lambda c=c: c.min_replicas() == 4, "HPA api-hpa minReplicas raised to 4")
         if c.rollback:
             c.wait(lambda c=c: c.get("deployment", "rb")["spec"].get("paused"), "Deployment rb paused")
+            c.wait(lambda c=c: c.policy_rules() == len(USER_RULES) + 1, "bigbot's rule in the BackendTrafficPolicy")
     for c in cycles:
         if c.rollback:  # a person resumes it: the pause is released (Patron never resumes)
             c.kubectl("rollout", "resume", "deployment/rb")
@@ -219,6 +234,7 @@ def run_cycle(cycles: list[Cycle]) -> None:
         c.wait(lambda c=c: c.throttle_key() is None, "the throttle key lifted")
         if c.rollback:
             c.wait(lambda c=c: c.rollback_state() == "Reverted", "the pause released")
+            c.wait(lambda c=c: c.policy_rules() == len(USER_RULES), "bigbot's rule removed from the policy")
         assert c.get("configmap", "ratelimit-config")["data"] == {"other.yaml": "keep: me"}
     for c in cycles:  # deleted while the operator runs: it removes its finalizer
         c.kubectl("delete", "cslo", "--all", "--timeout=90s")
@@ -232,7 +248,7 @@ def audit_report(testbed: Testbed, cycles: list[Cycle]) -> dict[str, dict[str, A
         assert audit.requests, f"no audit events for {c.release}: is the test bed older than its audit log?"
         unexercised = UNEXERCISED | (kopf_dev_peering("kopfpeerings") if c.rollback else {})
         report[c.release] = {
-            "config": "rollback enabled" if c.rollback else "defaults",
+            "config": "rollback and backendTrafficPolicy enabled" if c.rollback else "defaults",
             "used": sorted(map(str, audit.used)),
             **differences(audit, granted(c.roles()), unexercised),
         }

@@ -18,11 +18,20 @@ from typing import Any
 import pytest
 import yaml
 
+from patron.impact import rules
 from patron.impact.assess import Assessment
 from patron.impact.evaluate import evaluate
 from patron.impact.prometheus import Prometheus
-from patron.impact.queries import FRESHNESS, plan_queries
-from patron.impact.rules import coverage_query, covered_reads, layout, rule_file, span, with_recorded
+from patron.impact.queries import ERRORS_SEEN, FRESHNESS, plan_queries
+from patron.impact.rules import (
+    candidates_query,
+    coverage_query,
+    covered_reads,
+    layout,
+    rule_file,
+    span,
+    with_recorded,
+)
 from patron.reconcile import parse_spec
 from tests.support.catalog import SCENARIOS, latency_indicator, manifest
 from tests.support.promserver import PROMTOOL, PrometheusServer
@@ -66,20 +75,8 @@ def recorded_prometheus(tmp_path_factory: pytest.TempPathFactory, scenario_end: 
     server = PrometheusServer(workdir)
     server.load(openmetrics(SCENARIOS, scenario_end).replace("# EOF", _error_budgets(scenario_end)))
     server.start()
-    # One level per window (each reads the one before), then the budget level.
-    levels: dict[int, list[dict[str, Any]]] = {}
-    for name, body in CASES.items():
-        fast, *budget = rule_file(parse_spec(_enabled(body)), NAMESPACE, name)["groups"]
-        for level in range(len(fast["rules"]) // 2):
-            rules = fast["rules"][2 * level : 2 * level + 2]
-            levels.setdefault(level, []).append({**fast, "name": f"{fast['name']}:{level}", "rules": rules})
-        levels.setdefault(99, []).extend(budget)
-    files = []
-    for i, groups in sorted(levels.items()):
-        path = workdir / f"level{i}.yaml"
-        path.write_text(yaml.safe_dump({"groups": groups}, allow_unicode=True))
-        files.append(path)
-    server.backfill_rules(files, scenario_end - 7 * HOUR, scenario_end)
+    rule_files = [rule_file(parse_spec(_enabled(body)), NAMESPACE, name) for name, body in CASES.items()]
+    server.backfill_patron_rules(rule_files, scenario_end - 7 * HOUR, scenario_end)
     yield server
     server.stop()
 
@@ -193,16 +190,18 @@ def _cli(*args: str) -> str:
 def test_only_the_active_query_returns_every_customer(
     recorded_prometheus: PrometheusServer, scenario_end: float
 ) -> None:
-    """one-down: 100 active customers, 1 impacted. Every query but total[L] returns at most the
-    candidates (here acme), FRESHNESS only the newest age; the query count does not depend on customers."""
+    """one-down: 100 active customers, 1 impacted. Every query but total[L] names the candidates
+    (here acme) and returns at most them, FRESHNESS only the newest age; the query count does not
+    depend on customers."""
     at = datetime.fromtimestamp(scenario_end, UTC)
     prom = Prometheus(recorded_prometheus.url)
     spec = parse_spec(_enabled(CASES["one-down"]))
-    plan = plan_queries(spec)
-    plan = with_recorded(
-        spec, "shop/one-down", plan, covered_reads(prom.query(coverage_query(spec, "shop/one-down", plan), at))
-    )
+    coverage = covered_reads(prom.query(coverage_query(spec, "shop/one-down", plan_queries(spec)), at))
+    candidates = prom.query(candidates_query(spec, "shop/one-down"), at)
+    assert [labels for labels, _ in candidates] == [{"customer": "acme"}]
+    plan = with_recorded(spec, "shop/one-down", coverage, candidates)
     assert plan.bounded and plan.raw == ()
+    assert plan.queries["bad[1800]"] == 'patron:errors:rate30m{customerslo="shop/one-down",customer=~"acme"} != 0'
     results = prom.run(plan, at)
     sizes = {name: len(series) for name, series in results.items()}
     assert sizes.pop("total[3600]") == 100
@@ -210,3 +209,31 @@ def test_only_the_active_query_returns_every_customer(
     assert all(n <= 1 for n in sizes.values()), sizes
     assert {labels["customer"] for labels, _ in results["bad[300]"]} == {"acme"}
     assert len(plan.queries) == len(plan_queries(spec).queries)
+
+
+@pytest.mark.parametrize("name", ["weird", "storm", "lost"])
+def test_candidates_named_or_recomputed_in_promql_give_the_same_answer(
+    recorded_prometheus: PrometheusServer, scenario_end: float, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over LISTED_CANDIDATES candidates each filtered query joins the candidates query instead of
+    naming them (weird: names with quotes and backslashes, escaped in a regex)."""
+    spec, slo = parse_spec(_enabled(CASES[name])), f"{NAMESPACE}/{name}"
+    at = datetime.fromtimestamp(scenario_end, UTC)
+    prom = Prometheus(recorded_prometheus.url)
+    listed = evaluate(spec, prom, at, slo)
+    monkeypatch.setattr(rules, "LISTED_CANDIDATES", 0)
+    joined = evaluate(spec, prom, at, slo)
+    assert (listed.impacted or listed.storming) and listed == joined
+
+
+def test_no_candidates_sends_no_filtered_query(recorded_prometheus: PrometheusServer, scenario_end: float) -> None:
+    """healthy: nobody over a threshold or storming, so only the active, freshness and errors-seen
+    queries go out, and the answer is the raw one."""
+    at = datetime.fromtimestamp(scenario_end, UTC)
+    prom = Prometheus(recorded_prometheus.url)
+    spec = parse_spec(_enabled(CASES["healthy"]))
+    coverage = covered_reads(prom.query(coverage_query(spec, "shop/healthy", plan_queries(spec)), at))
+    plan = with_recorded(spec, "shop/healthy", coverage, prom.query(candidates_query(spec, "shop/healthy"), at))
+    assert sorted(plan.queries) == sorted([FRESHNESS, ERRORS_SEEN, "total[3600]"])
+    raw, recorded = _both(recorded_prometheus, scenario_end, "healthy")
+    assert recorded.severity == raw.severity == "none" and _names(recorded.customers) == _names(raw.customers)

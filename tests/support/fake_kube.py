@@ -1,7 +1,8 @@
 """An in-memory stand-in for the API server behind `patron.kube.K8s` (unit tests only; e2e tests
-use the test bed's real kube-apiserver). It serves GET, list and PATCH (JSON patch, merge patch,
-the status subresource) on the paths the adapter builds, bumps resourceVersion on every write,
-answers 409 to a merge patch naming a stale resourceVersion, and fails requests on demand."""
+use the test bed's real kube-apiserver). It serves GET, list, POST, DELETE (with preconditions) and
+PATCH (JSON patch, merge patch, the status subresource) on the paths the adapter builds, and the
+discovery of the kinds in `discoverable`; bumps resourceVersion on every write, answers 409 to a merge
+patch naming a stale resourceVersion, and fails requests on demand."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class FakeKube(K8s):
         self.requests: list[tuple[str, str]] = []
         self.faults: list[Fault] = []
         self.version = 100
+        self.discoverable = set(RESOURCES) - {"PrometheusRule"}  # kinds whose group version discovery lists
 
     def add(self, kind: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         prefix, plural = RESOURCES[kind]
@@ -72,6 +74,13 @@ class FakeKube(K8s):
             refused = fault(method, path)
             if refused is not None:
                 return refused
+        discovered = [
+            plural for kind, (prefix, plural) in RESOURCES.items() if prefix == path and kind in self.discoverable
+        ]
+        if method == "GET" and discovered:
+            return 200, "OK", {}, json.dumps({"resources": [{"name": plural} for plural in discovered]})
+        if method == "POST":
+            return self._create(path, body)
         sub = None
         if path.endswith("/status"):
             path, sub = path[: -len("/status")], "status"
@@ -84,6 +93,12 @@ class FakeKube(K8s):
             return refusal(404, "Not Found")
         if method == "GET":
             return 200, "OK", {}, json.dumps(obj)
+        if method == "DELETE":
+            wanted = (body or {}).get("preconditions") or {}
+            if any(obj["metadata"].get(field) != value for field, value in wanted.items()):
+                return refusal(409, "Conflict")
+            del self.objects[path]
+            return 200, "OK", {}, json.dumps({"kind": "Status", "status": "Success"})
         assert method == "PATCH", method
         if headers.get("Content-Type") == "application/json-patch+json":
             try:
@@ -100,3 +115,16 @@ class FakeKube(K8s):
         new["metadata"]["resourceVersion"] = self._bump()
         self.objects[path] = new
         return 200, "OK", {}, json.dumps(new)
+
+    def _create(self, collection: str, body: dict[str, Any]) -> Response:
+        if not any(
+            collection.endswith("/" + plural) for kind, (_, plural) in RESOURCES.items() if kind in self.discoverable
+        ):
+            return refusal(404, "Not Found")
+        path = f"{collection}/{body['metadata']['name']}"
+        if path in self.objects:
+            return refusal(409, "Conflict")
+        obj = copy.deepcopy(body)
+        obj["metadata"].update({"resourceVersion": self._bump(), "uid": f"uid-{self.version}"})
+        self.objects[path] = obj
+        return 201, "Created", {}, json.dumps(obj)

@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,15 +73,36 @@ class PrometheusServer:
         return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
 
     def load(self, openmetrics_text: str) -> None:
-        data = self.workdir / "data"
         source = self.workdir / "scenario.om"
         source.write_text(openmetrics_text)
+        self.load_file(source)
+
+    def load_file(self, source: Path) -> None:
+        """Backfill an OpenMetrics file into the data dir, then remove it."""
+        data = self.workdir / "data"
         subprocess.run(
             [PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", str(source), str(data)],
             check=True,
             capture_output=True,
         )
         source.unlink()
+
+    def backfill_patron_rules(self, rule_files: Iterable[dict[str, Any]], start: float, end: float) -> None:
+        """Backfill Patron's rule files (`patron.impact.rules.rule_file`) over [start, end]: level k
+        holds the k-th pair of rules of each file (a window's total and bad rules, in the order they
+        chain: level 0, the windows, the budget), each under its own group's interval."""
+        levels: dict[int, list[dict[str, Any]]] = {}
+        for rule_file in rule_files:
+            groups = rule_file["groups"]
+            pairs = [(g, g["rules"][i : i + 2], i // 2) for g in groups for i in range(0, len(g["rules"]), 2)]
+            for level, (group, rules, i) in enumerate(pairs):
+                levels.setdefault(level, []).append({**group, "name": f"{group['name']}:{i}", "rules": rules})
+        paths = []
+        for level, groups in sorted(levels.items()):
+            path = self.workdir / f"rules-level{level}.yaml"
+            path.write_text(yaml.safe_dump({"groups": groups}, allow_unicode=True))
+            paths.append(path)
+        self.backfill_rules(paths, start, end)
 
     def backfill_rules(self, levels: list[Path], start: float, end: float) -> None:
         """Evaluate recording rules over [start, end] into blocks (`promtool tsdb create-blocks-from

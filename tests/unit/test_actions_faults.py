@@ -286,7 +286,7 @@ def test_a_long_retry_storm_keeps_the_alert_and_caps_throttles_with_eviction_eve
         assert [r.target for r in held if r.type == "Alert" and r.state == "Active"] == [
             'CustomerImpact{severity="warning"}'
         ]
-        content = objects.config_maps["ratelimit"]
+        content = objects.throttles[("ConfigMap", "ratelimit")]
         assert content is not None
         entries = yaml.safe_load((content.data or {})["shared.yaml"])["descriptors"]
         assert len(entries) == len([r for r in held if r.type == "Throttle" and r.state == "Active"])

@@ -11,19 +11,21 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from patron.actions import throttle
+from patron.actions import throttle, throttle_configmap
 from patron.actions.plan import complete, merge
-from patron.actions.throttle import ConfigMapState, WriteKey, limit_for, pointer, render
+from patron.actions.throttle import limit_for
+from patron.actions.throttle_configmap import ConfigMapState, WriteKey, pointer, render
 from patron.api.models import ThrottleAction
 from tests.unit.test_actions_plan import Timeline, assessment, customer, make_spec
 
 THROTTLE = {"configMap": "ratelimit", "domain": "checkout", "headroom": 1.2, "ttl": "1m", "minSeverity": "warning"}
 KEY = "patron-checkout.yaml"
+CM = ("ConfigMap", "ratelimit")
 OTHER = {"config.yaml": "domain: other\ndescriptors: []\n"}
 
 
-def cm(data: dict[str, str] | None = None, rv: str = "7") -> dict[str, ConfigMapState | None]:
-    return {"ratelimit": ConfigMapState("ratelimit", rv, OTHER | (data or {}))}
+def cm(data: dict[str, str] | None = None, rv: str = "7") -> dict[tuple[str, str], ConfigMapState | None]:
+    return {CM: ConfigMapState("ratelimit", rv, OTHER | (data or {}))}
 
 
 def storm(severity: str = "warning", *names: str, baseline: float = 30.0) -> Any:
@@ -32,7 +34,7 @@ def storm(severity: str = "warning", *names: str, baseline: float = 30.0) -> Any
 
 
 def write_owner(plan: throttle.Plan) -> str | None:
-    return throttle.owner_of(plan.effects[0].content)
+    return throttle_configmap.owner_of(plan.effects[0].content)
 
 
 def step(tl: Timeline, a: Any, data: dict[str, str] | None = None, dry_run: bool = False) -> throttle.Plan:
@@ -65,7 +67,7 @@ def test_rendered_config_round_trips_any_customer_name(names: list[str], shadow:
 
     records = [record(type_="Throttle", customer=n, limit=i + 1) for i, n in enumerate(names)]
     text = render(spec, records, "shop/checkout")
-    assert throttle.owner_of(text) == "shop/checkout"
+    assert throttle_configmap.owner_of(text) == "shop/checkout"
     doc = yaml.safe_load(text)
     assert doc["domain"] == "checkout"
     by_name = {d["value"]: d for d in doc["descriptors"]}
@@ -202,7 +204,7 @@ def test_shadow_mode_and_names_are_data() -> None:
 def test_missing_config_map_is_skipped_with_a_reason_never_created() -> None:
     tl = Timeline(make_spec({"throttle": THROTTLE}))
     sit = tl.situation(storm())
-    plan = throttle.plan(sit, {"ratelimit": None})
+    plan = throttle.plan(sit, {CM: None})
     assert plan.effects == ()
     (s,) = plan.steps
     assert s.verb == "skip" and s.record is not None and s.record.state == "Skipped"
@@ -222,11 +224,11 @@ def test_throttle_decisions_are_capped_over_what_stands_not_per_evaluation() -> 
     # Without the ConfigMap the Skipped decisions are capped the same way, and stand (no new Event).
     tl = Timeline(make_spec({"throttle": THROTTLE}))
     names = [f"bot{j}" for j in range(300)]
-    first = throttle.plan(tl.situation(storm("warning", *names)), {"ratelimit": None})
+    first = throttle.plan(tl.situation(storm("warning", *names)), {CM: None})
     tl.records = merge(tl.situation(storm("warning", *names)), first.steps)
     assert len(tl.records) == throttle.MAX_THROTTLED and len(first.steps) == throttle.MAX_THROTTLED
     tl.advance(2)
-    again = throttle.plan(tl.situation(storm("warning", *names)), {"ratelimit": None})
+    again = throttle.plan(tl.situation(storm("warning", *names)), {CM: None})
     assert [s for s in again.steps if s.verb != "hold"] == []
 
 
@@ -276,7 +278,7 @@ def test_invariants_over_any_history(history: list[tuple[str, set[str], int]], d
         if severity != "nodata":
             a = assessment(severity, *(customer(n, True, n in stormers, 7.5) for n in "abcd"))
         sit = tl.situation(a, dry_run=dry_run)
-        plan = throttle.plan(sit, {"ratelimit": ConfigMapState("ratelimit", "1", dict(data))})
+        plan = throttle.plan(sit, {CM: ConfigMapState("ratelimit", "1", dict(data))})
         tl.records = merge(sit, complete(sit, plan.steps))
         if dry_run:
             assert plan.effects == () and all(r.state != "Active" for r in tl.records)

@@ -20,6 +20,7 @@ from patron.impact.queries import (
     plan_queries,
     total_key,
 )
+from patron.impact.rules import with_recorded
 
 BASE: dict[str, Any] = {
     "service": "checkout",
@@ -260,3 +261,16 @@ def test_every_query_is_scoped_by_the_selectors_own_matchers() -> None:
     assert golden[FRESHNESS] == 'time() - max by (customer) (timestamp(req_total{service="a"}))'
     assert golden[ERRORS_SEEN] == 'group(req_total{service="a",code=~"5.."})'
     assert golden[BASELINE_COVERAGE] == 'group by (customer) (req_total{service="a"} offset 2h)'
+
+
+def test_recorded_series_gone_while_raw_is_fresh_is_no_data_not_no_customers() -> None:
+    """The rules' markers said covered, but the recorded rate over L came back empty (its rules fail
+    or were removed) while raw samples are fresh: nothing is concluded."""
+    spec = make_spec(recordingRules={"enabled": True})
+    plan = with_recorded(spec, "ns/slo", {(r.window, r.offset) for r in plan_queries(spec).reads.values()}, [])
+    fresh = {FRESHNESS: [({}, 12.0)]}
+    with pytest.raises(DataProblem, match="recorded rate over 1h holds no customer") as err:
+        assess(spec, plan, fresh)
+    assert err.value.reason == "NoData"
+    healthy = {**fresh, total_key(3600): [({"customer": "a"}, 1.0)]}
+    assert assess(spec, plan, healthy).active_count == 1

@@ -94,6 +94,7 @@ VALUE_SETS = {
         "logFormat": "json",
         "metrics": {"port": 9000, "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"a": "b"}}},
         "prometheusRule": {"enabled": True, "labels": {"release": "monitoring"}},
+        "recordingRules": {"managePrometheusRules": True, "ruleLabels": {"release": "kps", "example.com/team": "sre"}},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "affinity": {"nodeAffinity": {}},
@@ -144,7 +145,7 @@ def test_deployment_runs_patron_hardened() -> None:
     assert env(docs) == {
         "PATRON_PROMETHEUS_URL": "http://prometheus-operated.monitoring.svc:9090",
         "PATRON_DRY_RUN": "false",
-        "PATRON_MAX_CONCURRENT_EVALUATIONS": "4",
+        "PATRON_MAX_CONCURRENT_EVALUATIONS": "8",
         "PATRON_LOG_FORMAT": "plain",
         "PATRON_METRICS_PORT": "9464",
         "PATRON_METRICS_ADDRESS": "0.0.0.0",
@@ -161,6 +162,8 @@ def test_values_reach_the_operator_flags() -> None:
         "PATRON_NAMESPACES": "shop,payments",
         "PATRON_DRY_RUN": "true",
         "PATRON_ENFORCE_NAMESPACE_LABEL": "namespace",
+        "PATRON_MANAGE_PROMETHEUS_RULES": "true",
+        "PATRON_PROMETHEUS_RULE_LABELS": "example.com/team=sre,release=kps",
         "PATRON_MAX_CONCURRENT_EVALUATIONS": "16",
         "PATRON_LOG_FORMAT": "json",
         "PATRON_METRICS_PORT": "9000",
@@ -194,9 +197,12 @@ FRAMEWORK = {
     ("patron.dev", "customerslos/status", ("patch",)),
 }
 THROTTLE = {("", "configmaps", ("get", "patch"))}
+POLICIES = {("gateway.envoyproxy.io", "backendtrafficpolicies", ("get", "patch"))}  # throttle.backendTrafficPolicy
 SCALE = {("autoscaling", "horizontalpodautoscalers", ("get", "list", "patch"))}
 DEPLOYMENTS = {("apps", "deployments", ("get", "patch"))}  # scale (replicas, owner annotation) or rollback
 ROLLBACK = {("apps", "replicasets", ("list",))}
+# recordingRules.managePrometheusRules: the PrometheusRule of each CustomerSLO, by name (no list or watch).
+PROMETHEUS_RULES = {("monitoring.coreos.com", "prometheusrules", ("create", "delete", "get", "patch"))}
 NAMESPACED = FRAMEWORK | THROTTLE | SCALE | DEPLOYMENTS  # the defaults: rollback off
 CRDS = {("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"))}
 PEERING_VERBS = ("list", "patch", "watch")
@@ -204,10 +210,10 @@ CLUSTER_PEERING = {(g, "clusterkopfpeerings", PEERING_VERBS) for g in ("zalando.
 NAMESPACED_PEERING = {(g, "kopfpeerings", PEERING_VERBS) for g in ("zalando.org", "kopf.dev")}
 
 
-def actions(throttle: bool = True, scale: bool = True, rollback: bool = False) -> dict[str, Any]:
+def actions(throttle: bool = True, scale: bool = True, rollback: bool = False, policy: bool = False) -> dict[str, Any]:
     return {
         "actions": {
-            "throttle": {"enabled": throttle},
+            "throttle": {"enabled": throttle, "backendTrafficPolicy": {"enabled": policy}},
             "scale": {"enabled": scale},
             "rollback": {"enabled": rollback},
         }
@@ -224,6 +230,19 @@ RBAC_TABLE = {
     ),
     "throttle disabled": (actions(throttle=False), FRAMEWORK | SCALE | DEPLOYMENTS),
     "every action disabled": (actions(False, False, False), FRAMEWORK),
+    "throttle into BackendTrafficPolicies": (actions(policy=True), NAMESPACED | POLICIES),
+    "throttle into BackendTrafficPolicies only": (
+        actions(throttle=False, scale=False, policy=True),
+        FRAMEWORK | POLICIES,
+    ),
+    "prometheus rules managed": (
+        {"recordingRules": {"managePrometheusRules": True}},
+        FRAMEWORK | THROTTLE | SCALE | DEPLOYMENTS | PROMETHEUS_RULES,
+    ),
+    "prometheus rules managed, every action disabled": (
+        {**actions(False, False, False), "recordingRules": {"managePrometheusRules": True}},
+        FRAMEWORK | PROMETHEUS_RULES,
+    ),
 }
 
 
@@ -319,7 +338,9 @@ def test_rbac_has_no_wildcards_and_no_secrets(values: dict[str, Any]) -> None:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field] and not any("*" in item for item in rule[field]), rule
             assert "secrets" not in rule["resources"], rule
-            assert not {"delete", "deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+            assert not {"deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+            # delete: only the PrometheusRules Patron owns (recordingRules.managePrometheusRules)
+            assert "delete" not in rule["verbs"] or rule["resources"] == ["prometheusrules"], rule
             assert "nonResourceURLs" not in rule and "resourceNames" not in rule
 
 
@@ -389,6 +410,13 @@ def flatten(err: str) -> str:
         ({"tenancy": {"namespaceLabel": "__name__"}}, ["/tenancy/namespaceLabel", "does not match pattern"]),
         ({"tenancy": {"namespaceLabel": "kubernetes.io/ns"}}, ["/tenancy/namespaceLabel", "does not match pattern"]),
         ({"tenancy": {"namespace": "ns"}}, ["/tenancy", "additional properties 'namespace' not allowed"]),
+        ({"recordingRules": {"manage": True}}, ["/recordingRules", "additional properties 'manage' not allowed"]),
+        (
+            {"recordingRules": {"managePrometheusRules": "yes"}},
+            ["/recordingRules/managePrometheusRules", "want boolean"],
+        ),
+        ({"recordingRules": {"ruleLabels": {"release": "a b"}}}, ["/recordingRules/ruleLabels/release", "pattern"]),
+        ({"recordingRules": {"ruleLabels": {"-bad": "a"}}}, ["invalid propertyName '-bad'", "does not match pattern"]),
     ],
 )
 def test_schema_rejects_bad_values_readably(values: dict[str, Any], expected: list[str]) -> None:

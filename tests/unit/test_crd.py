@@ -53,6 +53,30 @@ def test_schema_is_structural() -> None:
     _no_refs(yaml.safe_load(render()))
 
 
+def _rules(node: object) -> list[str]:
+    if isinstance(node, dict):
+        own = [v["rule"] for v in node.get("x-kubernetes-validations") or []]
+        return own + [r for value in node.values() for r in _rules(value)]
+    return [r for value in node for r in _rules(value)] if isinstance(node, list) else []
+
+
+def test_cel_rules_hold_no_backslash() -> None:
+    """A pattern in a CEL string literal: `\\.` is an invalid escape there, and the API server refuses
+    the whole CRD (it did: the Kubernetes label key pattern); patterns use `[.]` instead."""
+    rules = _rules(yaml.safe_load(render()))
+    assert rules and not [r for r in rules if "\\" in r]
+
+
+def test_recording_rule_labels_are_kubernetes_labels() -> None:
+    body = yaml.safe_load((REPO / "examples" / "checkout.yaml").read_text())["spec"]
+    good = {"release": "kube-prometheus-stack", "app.kubernetes.io/part-of": "shop", "Team_1": "", "x": "a.b-c_D"}
+    assert CustomerSLOSpec.model_validate({**body, "recordingRules": {"labels": good}}).recording_rules.labels == good
+    for bad in ({"_x": "a"}, {"a b": "c"}, {"Example.com/x": "a"}, {"x": "a b"}, {"x": "-a"}, {"x": "a" * 64}):
+        with pytest.raises(ValidationError) as err:
+            CustomerSLOSpec.model_validate({**body, "recordingRules": {"labels": bad}})
+        assert "recordingRules.labels" in str(err.value)
+
+
 def test_example_spec_from_design_parses() -> None:
     spec = CustomerSLOSpec.model_validate(yaml.safe_load((REPO / "examples" / "checkout.yaml").read_text())["spec"])
     assert spec.indicator.ratio is not None

@@ -8,7 +8,14 @@ import pytest
 
 from patron.api.models import CustomerSLOSpec
 from patron.impact.queries import plan_queries
-from patron.impact.rules import coverage_query, covered_reads, prometheus_rule, rule_file, with_recorded
+from patron.impact.rules import (
+    candidates_query,
+    coverage_query,
+    covered_reads,
+    prometheus_rule,
+    rule_file,
+    with_recorded,
+)
 
 RATIO = {"ratio": {"errors": 'req_total{service="a",code=~"5.."}', "total": 'req_total{service="a"}'}}
 BASE: dict[str, Any] = {"service": "api", "objective": 99.9, "indicator": RATIO}
@@ -116,8 +123,27 @@ def test_golden_case_count() -> None:
 def test_rule_file_golden(name: str) -> None:
     the_spec, groups = CASES[name]
     got = rule_file(the_spec, "ns", "slo")["groups"]
-    assert [(g["name"], g["interval"], [(r["record"], r["expr"]) for r in g["rules"]]) for g in got] == groups
-    assert all(r["labels"] == {"customerslo": "ns/slo"} for g in got for r in g["rules"])
+    assert [(g["name"], g["interval"], [(r["record"], r["expr"]) for r in g["rules"][:-1]]) for g in got] == groups
+    assert all(r["labels"] == {"customerslo": "ns/slo"} for g in got for r in g["rules"][:-1])
+    markers = [g["rules"][-1] for g in got]
+    assert all((m["record"], m["expr"]) == ("patron:rules:evaluated", "vector(1)") for m in markers)
+    assert all(set(m["labels"]) == {"customerslo", "patron_rules"} for m in markers)
+
+
+def test_each_group_is_marked_with_a_digest_of_its_rules() -> None:
+    """The coverage query reads the markers: a changed rule (here the total selector) or interval
+    changes the digest of level 0's group, so the new rules warm up before anything is read (the
+    budget group's own rules read only recorded series: its digest stays, its coverage waits for
+    level 0's new marker)."""
+    specs = (
+        spec(),
+        spec(),
+        spec(indicator={"ratio": {**RATIO["ratio"], "total": 'req_total{service="b"}'}}),
+        spec(recordingRules={"interval": "1m"}),
+    )
+    digests = [[g["rules"][-1]["labels"]["patron_rules"] for g in rule_file(s, "ns", "slo")["groups"]] for s in specs]
+    assert digests[0] == digests[1] and len(set(digests[0])) == 2
+    assert all(other[0] != digests[0][0] and other[1] == digests[0][1] for other in digests[2:])
 
 
 def test_each_window_is_built_from_the_longest_recorded_window_dividing_it() -> None:
@@ -149,20 +175,40 @@ def test_recorded_reads_replace_covered_windows_only() -> None:
     plan = plan_queries(the_spec)
     coverage = coverage_query(the_spec, "ns/slo", plan)
     assert coverage.count(" or ") == 4  # 30m, 1h, 1h offset 1h, 6h, 30d: S is always read raw
-    assert (
-        'label_replace(label_replace(count(patron:requests:rate1h{customerslo="ns/slo"} offset 1h) and '
-        'count(patron:requests:rate5m{customerslo="ns/slo"} offset 115m), "window", "3600", "", ""), '
-        '"offset", "3600", "", "")' in coverage
+    fast, budget = (
+        f'patron:rules:evaluated{{customerslo="ns/slo",patron_rules="{g["rules"][-1]["labels"]["patron_rules"]}"}}'
+        for g in rule_file(the_spec, "ns", "slo")["groups"]
     )
+    assert (
+        f"label_replace(label_replace(count({fast} offset 1h) and count({fast} offset 115m), "
+        '"window", "3600", "", ""), "offset", "3600", "", "")' in coverage
+    )
+    assert f"count({budget}) and count({fast} offset 43195m)" in coverage
     covered = covered_reads([({"window": "1800", "offset": "0"}, 1.0), ({"window": "3600", "offset": "0"}, 1.0)])
-    got = with_recorded(the_spec, "ns/slo", plan, covered)
+    got = with_recorded(the_spec, "ns/slo", covered)
     assert got.queries["total[1800]"] == 'patron:requests:rate30m{customerslo="ns/slo"}'
     assert got.queries["bad[3600]"] == 'patron:errors:rate1h{customerslo="ns/slo"} != 0'
     assert got.queries["total[300]"] == plan.queries["total[300]"]
     assert got.queries["total[3600] offset 3600"] == plan.queries["total[3600] offset 3600"]
-    assert got.raw == ("1h offset 1h", "6h", "30d")
+    assert got.raw == ("1h offset 1h", "6h", "30d") and not got.bounded
     every = {(r.window, r.offset) for r in plan.reads.values()}
-    assert with_recorded(the_spec, "ns/slo", plan, every).raw == ()
+    assert with_recorded(the_spec, "ns/slo", every).raw == ()
+
+
+@pytest.mark.parametrize(("names", "regex"), [(["a.b|c(", "d"], "a\\\\.b\\\\|c\\\\(|d"), (['q"\\'], 'q\\"\\\\\\\\')])
+def test_candidates_are_named_as_escaped_literals_in_every_filtered_query(names: list[str], regex: str) -> None:
+    """Customer names are data: regex metacharacters and PromQL string escapes are escaped, so the
+    set matches exactly these names (and Prometheus looks each up in its index)."""
+    the_spec = spec(recordingRules={"enabled": True}, window="1h")
+    every = {(r.window, r.offset) for r in plan_queries(the_spec).reads.values()}
+    got = with_recorded(the_spec, "ns/slo", every, [({"customer": n}, 1.0) for n in names])
+    only = f'customer=~"{regex}"'
+    assert got.bounded and got.queries["bad[1800]"] == f'patron:errors:rate30m{{customerslo="ns/slo",{only}}} != 0'
+    assert got.queries["total[300]"] == f'sum by (customer) (rate(req_total{{service="a",{only}}}[5m]))'
+    assert got.queries["total[3600]"] == 'patron:requests:rate1h{customerslo="ns/slo"}'
+    assert only in got.queries["baseline coverage"] and only not in got.queries["freshness"]
+    joined = with_recorded(the_spec, "ns/slo", every)
+    assert joined.queries["total[300]"].endswith(f"and on (customer) ({candidates_query(the_spec, 'ns/slo')})")
 
 
 def test_budget_is_built_from_the_coarsest_window_that_divides_it() -> None:

@@ -170,3 +170,33 @@ def test_heartbeat_writes_add_up_to_at_most_one_per_second_fleet_wide() -> None:
     assert heartbeat_seconds(1) == heartbeat_seconds(60) == HEARTBEAT_SECONDS
     for objects in (61, 200, 1000, 5000):
         assert objects / heartbeat_seconds(objects) <= 1.0
+
+
+def _obj(version: str, **status: object) -> dict[str, object]:
+    return {
+        "metadata": {"name": "a", "resourceVersion": version, "managedFields": [{"manager": "x"}]},
+        "status": status,
+    }
+
+
+def test_an_evaluation_starts_from_the_watched_body_or_the_last_write_the_watch_has_not_delivered() -> None:
+    from patron.reconcile import Written, freshest
+
+    body = _obj("5", severity="none")
+    assert freshest(body, None) is body
+    ours = _obj("7", severity="critical")  # our write, made while the body was at 5
+    assert freshest(body, Written("5", ours)) is ours  # the watch has not delivered it yet
+    watched = _obj("7")
+    assert freshest(watched, Written("5", ours)) is watched  # delivered: the body is as new
+    # Another change arrived first (6): whether ours is in it cannot be told, so it is read afresh.
+    assert freshest(_obj("6"), Written("5", ours)) is None
+
+
+def test_the_evaluations_copy_of_a_watched_body_is_deep_and_leaves_managed_fields_out() -> None:
+    from patron.handlers import snapshot
+
+    body = _obj("5", conditions=[{"type": "Ready", "status": "True"}])
+    copy = snapshot(body)
+    copy["status"]["conditions"][0]["status"] = "False"  # type: ignore[index]
+    assert body["status"] == {"conditions": [{"type": "Ready", "status": "True"}]}
+    assert "managedFields" not in copy["metadata"] and "managedFields" in body["metadata"]  # type: ignore[operator]

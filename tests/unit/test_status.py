@@ -123,11 +123,41 @@ def test_lagging_keeps_ready_true_with_reason_lagging_past_the_threshold() -> No
     }
     outcome = Outcome({"conditions": [ready]})
     assert lag_threshold(10.0) == LAG_FLOOR and lag_threshold(120.0) == 120.0
-    assert lagging(outcome, 29.0, 30.0, 1, now) is outcome
-    late = lagging(outcome, 31.0, 30.0, 1, now).status["conditions"][0]
+    evaluated = outcome.status
+    assert lagging(outcome, 29.0, 30.0, 1, now, evaluated) is outcome
+    late = lagging(outcome, 31.0, 30.0, 1, now, evaluated).status["conditions"][0]
     assert (late["status"], late["reason"]) == ("True", "Lagging")
     assert late["message"].startswith("evaluated 50 active customers; started more than 30 s after it was due")
     # The message names no measured figure: a lagging object is not rewritten on every evaluation.
-    assert lagging(outcome, 95.0, 30.0, 1, now).status == lagging(outcome, 31.0, 30.0, 1, now).status
+    assert (
+        lagging(outcome, 95.0, 30.0, 1, now, evaluated).status == lagging(outcome, 31.0, 30.0, 1, now, evaluated).status
+    )
     failed = Outcome({"conditions": [{**ready, "status": "False", "reason": "NoData"}]})
-    assert lagging(failed, 100.0, 30.0, 1, now) is failed  # a failure keeps its own reason
+    assert lagging(failed, 100.0, 30.0, 1, now, evaluated) is failed  # a failure keeps its own reason
+
+
+def test_lagging_has_hysteresis_so_a_lag_near_the_threshold_does_not_flip_the_reason() -> None:
+    """Regression: at 1,000 objects lags around the threshold flipped Evaluated <-> Lagging and
+    doubled the status writes (3.84/s in the fleet benchmark)."""
+    from patron.reconcile import Outcome, lagging
+
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    ready = {
+        "type": "Ready",
+        "status": "True",
+        "reason": "Evaluated",
+        "message": "evaluated 50 active customers",
+        "lastTransitionTime": "2026-12-02T11:00:00Z",
+    }
+    outcome = Outcome({"conditions": [ready]})
+    was_lagging = {"conditions": [{**ready, "reason": "Lagging"}]}
+
+    def reason(lag: float, previous: dict[str, Any]) -> str:
+        late = lagging(outcome, lag, 30.0, 1, now, previous)
+        return str(next(c for c in late.status["conditions"] if c["type"] == "Ready")["reason"])
+
+    assert reason(29.0, was_lagging) == "Lagging"  # under the threshold, still over half of it
+    assert reason(16.0, was_lagging) == "Lagging"
+    assert reason(14.0, was_lagging) == "Evaluated"
+    assert reason(29.0, outcome.status) == "Evaluated"  # entering still takes the full threshold
+    assert reason(31.0, outcome.status) == "Lagging"

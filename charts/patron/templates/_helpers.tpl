@@ -50,10 +50,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 Rules for everything Patron touches inside the namespaces it serves. Rendered into the ClusterRole
 when it serves all namespaces, and into one Role per namespace when watchNamespaces is listed.
-Exactly the verbs the code calls (tests/e2e/test_rbac_audit.py compares them with the API server's
-audit log); no wildcards, no Secrets, no list or watch of anything but CustomerSLOs (and HPAs and
-ReplicaSets, read to find the one that belongs to a target). Each action's rules only with its
-actions.<name>.enabled value.
+Exactly the verbs the code calls (tests/e2e/test_rbac_audit.py and test_prometheusrule.py compare them
+with the API server's audit log); no wildcards, no Secrets, no list or watch of anything but
+CustomerSLOs (and HPAs and ReplicaSets, read to find the one that belongs to a target). Each action's
+rules only with its actions.<name>.enabled value; PrometheusRules only with
+recordingRules.managePrometheusRules.
 */}}
 {{- define "patron.namespacedRules" -}}
 # Framework (Kopf): posting Events on CustomerSLOs (ImpactStarted, ActionApplied, ...); never read or changed.
@@ -82,6 +83,14 @@ actions.<name>.enabled value.
   resources: [configmaps]
   verbs: [get, patch]
 {{- end }}
+{{- if (.throttle.backendTrafficPolicy | default dict).enabled }}
+# actions.throttle.backendTrafficPolicy: reads and merge-patches the Envoy Gateway BackendTrafficPolicy
+# a CustomerSLO names (its global rate-limit rules and two patron.dev annotations), by name: no list,
+# watch, create or delete.
+- apiGroups: [gateway.envoyproxy.io]
+  resources: [backendtrafficpolicies]
+  verbs: [get, patch]
+{{- end }}
 {{- if .scale.enabled }}
 # actions.scale: the minReplicas and patron.dev/owner annotation of the HPA that targets the
 # Deployment (listed to find it, read by name for its resourceVersion, merge-patched).
@@ -103,6 +112,15 @@ actions.<name>.enabled value.
   resources: [replicasets]
   verbs: [list]
 {{- end }}
+{{- end }}
+{{- if (.Values.recordingRules).managePrometheusRules }}
+# recordingRules.managePrometheusRules: the PrometheusRule patron-<name> of a CustomerSLO with
+# spec.recordingRules, read by name, created, merge-patched (guarded by its resourceVersion) and
+# deleted when its recording rules are disabled; no list or watch. (Whether the CRD is served is
+# asked of discovery, which every user may read.)
+- apiGroups: [monitoring.coreos.com]
+  resources: [prometheusrules]
+  verbs: [get, create, patch, delete]
 {{- end }}
 {{- end -}}
 

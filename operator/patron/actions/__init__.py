@@ -27,6 +27,7 @@ from patron import metrics
 from patron.actions import alert, rollback, scale, throttle
 from patron.actions.alertmanager import AlertmanagerClient
 from patron.actions.plan import (
+    OwnedElsewhere,
     Plan,
     Situation,
     Step,
@@ -139,7 +140,7 @@ def abandoned(context: ActionContext, left: Sequence[ActionRecord]) -> Event | N
 def _held_text(r: ActionRecord) -> str:
     """What a held record leaves behind, from its typed fields."""
     if r.type == "Throttle":
-        return f"{r.target} key {r.key} entry for customer {r.customer} ({r.limit} req/s)"
+        return f"{throttle.place_of(r).at} entry for customer {r.customer} ({r.limit} req/s)"
     if r.type == "Scale":
         return f"{r.target} at {r.replicas} (original {r.original_replicas})"
     who = f" customer {r.customer}" if r.customer else ""
@@ -253,7 +254,7 @@ class _Result:
 
 def _log_failure(context: ActionContext, kind: str, err: Exception) -> None:
     metrics.ACTIONS.labels(action=kind, result="failed").inc()
-    if isinstance(err, (ApiError, scale.OwnedElsewhere, throttle.OwnedElsewhere)):
+    if isinstance(err, (ApiError, scale.OwnedElsewhere, OwnedElsewhere)):
         context.logger.warning("%s action: %s", kind, err)
     else:
         metrics.ERRORS.labels(where=f"action-{kind}").inc()

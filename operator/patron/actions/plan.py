@@ -43,6 +43,10 @@ _STATE_ORDER = {"Active": 0, "Reverting": 1, "Skipped": 2, "Reverted": 3}
 REASONS = (("Rollback", "RolledBack"), ("Scale", "Scaling"), ("Throttle", "Throttling"), ("Alert", "Alerting"))
 
 
+class OwnedElsewhere(Exception):
+    """A target was taken by another owner between Patron's read and its write."""
+
+
 def key_of(record: ActionRecord) -> Key:
     return (record.type, record.target, record.customer)
 

@@ -22,13 +22,12 @@ from typing import Any, Literal
 
 from patron.actions.plan import Key, Plan, Situation, Step, apply, at, revert, skip
 from patron.api.durations import parse_duration
-from patron.api.models import ScaleAction
+from patron.api.models import OWNER_ANNOTATION, ScaleAction
 from patron.api.status import ActionRecord, TargetRef
 from patron.kube import ApiError, K8s
 from patron.status import timestamp
 
 HPA: Literal["HorizontalPodAutoscaler"] = "HorizontalPodAutoscaler"
-OWNER_ANNOTATION = "patron.dev/owner"
 ATTEMPTS = 3  # a write refused with 409 is retried with a fresh read this often in all
 
 

@@ -4,8 +4,8 @@
 `Simulated` value that the planned effects are applied to, so the next replay step sees what the
 operator would have left behind. Nothing here does I/O and nothing is sent.
 
-- Throttle: the ConfigMaps Patron writes into, with their content (replay starts with the
-  configured ConfigMap existing and holding no Patron key).
+- Throttle: the ConfigMaps and BackendTrafficPolicies Patron writes into, with their content (replay
+  starts with the configured one existing and holding nothing of Patron's, a policy with no rules).
 - Scale: Deployments with their replicas and no HorizontalPodAutoscaler.
 - Alerts: planned as if an Alertmanager were configured (fire/resolve steps; nothing is sent).
 - Rollback: not simulated. Judging it needs the Deployment's revision history, which a replay
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from patron.actions import UNTRUSTED, alert, finish, kind_names, scale, throttle
+from patron.actions import UNTRUSTED, alert, finish, kind_names, scale, throttle, throttle_configmap, throttle_policy
 from patron.actions.plan import Situation, Step, complete, events, evictions, merge_evicting, parse_records
 from patron.api.models import CustomerSLOSpec
 from patron.impact.assess import Assessment
@@ -34,25 +34,35 @@ ROLLBACK_NOT_SIMULATED = (
 class Simulated:
     """The objects a replay carries between steps."""
 
-    config_maps: Mapping[str, throttle.ConfigMapState | None] = field(default_factory=dict)
+    throttles: throttle.Observed = field(default_factory=dict)  # by (kind, name), as throttle.observe
     replicas: Mapping[str, int] = field(default_factory=dict)  # Deployment name -> spec.replicas
 
     @classmethod
     def initial(cls, spec: CustomerSLOSpec, replicas: int) -> Simulated:
-        """The configured ConfigMap with no Patron key; the scale target at `replicas`, no HPA."""
+        """The configured throttle target holding nothing of Patron's; the scale target at
+        `replicas`, no HPA."""
         actions = spec.actions
-        config_maps: dict[str, throttle.ConfigMapState | None] = {}
-        if actions.throttle is not None:
+        throttles: dict[tuple[str, str], Any] = {}
+        if actions.throttle is not None and actions.throttle.config_map is not None:
             name = actions.throttle.config_map
-            config_maps[name] = throttle.ConfigMapState(name, "1", {})
+            throttles[("ConfigMap", name)] = throttle_configmap.ConfigMapState(name, "1", {})
+        elif actions.throttle is not None and actions.throttle.backend_traffic_policy is not None:
+            name = actions.throttle.backend_traffic_policy.name
+            throttles[("BackendTrafficPolicy", name)] = throttle_policy.PolicyState(name, "1", None)
         deployments = {actions.scale.target.name: replicas} if actions.scale is not None else {}
-        return cls(config_maps, deployments)
+        return cls(throttles, deployments)
 
     def describe(self) -> dict[str, Any]:
-        """E.g. {"Deployment/checkout": 5, "ConfigMap/ratelimit": {"patron-x.yaml": "..."}}."""
+        """E.g. {"Deployment/checkout": 5, "ConfigMap/ratelimit": {"patron-x.yaml": "..."},
+        "BackendTrafficPolicy/checkout": {"rateLimit": ...}}."""
         out: dict[str, Any] = {f"Deployment/{name}": value for name, value in sorted(self.replicas.items())}
-        for name, state in sorted(self.config_maps.items()):
-            out[f"ConfigMap/{name}"] = None if state is None else dict(state.data or {})
+        for (kind, name), state in sorted(self.throttles.items()):
+            if state is None:
+                out[f"{kind}/{name}"] = None
+            elif isinstance(state, throttle_configmap.ConfigMapState):
+                out[f"{kind}/{name}"] = dict(state.data or {})
+            else:
+                out[f"{kind}/{name}"] = {"rateLimit": state.rate_limit}
         return out
 
 
@@ -67,8 +77,8 @@ def plan_offline(
         if name == "alert":
             plan = alert.plan(sit, status, prometheus_url, True)
         elif name == "throttle":
-            plan = throttle.plan(sit, objects.config_maps)
-            objects = replace(objects, config_maps=_write_keys(objects.config_maps, plan.effects))
+            plan = throttle.plan(sit, objects.throttles)
+            objects = replace(objects, throttles=throttle.simulate(objects.throttles, plan.effects))
         elif name == "scale":
             plan = scale.plan(sit, _observe_scale(sit, objects))
             objects = replace(objects, replicas=_set_values(objects.replicas, plan.effects))
@@ -116,23 +126,6 @@ def _observe_scale(sit: Situation, objects: Simulated) -> scale.Observed:
     }
     held = {r.target: found.get(r.target) for r in sit.of_type("Scale", "Active", "Reverting")}
     return scale.Observed(f"Deployment/{spec.target.name}" if spec else None, {**held, **found})
-
-
-def _write_keys(
-    config_maps: Mapping[str, throttle.ConfigMapState | None], effects: Sequence[Any]
-) -> dict[str, throttle.ConfigMapState | None]:
-    out = dict(config_maps)
-    for write in effects:
-        state = out.get(write.config_map)
-        if state is None:
-            continue
-        data = dict(state.data or {})
-        if write.content is None:
-            data.pop(write.key, None)
-        else:
-            data[write.key] = write.content
-        out[write.config_map] = throttle.ConfigMapState(state.name, str(int(state.resource_version) + 1), data)
-    return out
 
 
 def _set_values(replicas: Mapping[str, int], effects: Sequence[Any]) -> dict[str, int]:

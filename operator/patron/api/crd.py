@@ -55,12 +55,23 @@ def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
     if schema.get("type") == "object" and isinstance(schema.get("additionalProperties"), dict):
         out["additionalProperties"] = structural(schema["additionalProperties"], defs)
-    if isinstance(schema.get("propertyNames"), dict) and "pattern" in schema["propertyNames"]:
-        pattern = schema["propertyNames"]["pattern"]
+    names = schema.get("propertyNames")
+    if isinstance(names, dict):  # not structural: the key constraints become CEL rules
         out.pop("propertyNames", None)
-        out.setdefault("x-kubernetes-validations", []).append(
-            {"rule": f"self.all(k, k.matches('{pattern}'))", "message": f"keys must match {pattern}"}
-        )
+        if "pattern" in names:
+            out.setdefault("x-kubernetes-validations", []).append(
+                {
+                    "rule": f"self.all(k, k.matches('{names['pattern']}'))",
+                    "message": f"keys must match {names['pattern']}",
+                }
+            )
+        if "maxLength" in names:
+            out.setdefault("x-kubernetes-validations", []).append(
+                {
+                    "rule": f"self.all(k, size(k) <= {names['maxLength']})",
+                    "message": f"keys are at most {names['maxLength']} characters",
+                }
+            )
     if "patternProperties" in schema:
         ((pattern, values),) = schema["patternProperties"].items()
         out.pop("patternProperties")

@@ -26,6 +26,13 @@ Severity = Literal["warning", "critical"]
 SEVERITY_ORDER: dict[str, int] = {"none": 0, "warning": 1, "critical": 2}
 
 LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+# Kubernetes label keys ([DNS-subdomain prefix/]name, the name at most 63 characters) and values, as the
+# API server checks metadata.labels. No backslash: the key pattern goes into a CEL string literal.
+_K8S_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+K8S_LABEL_KEY_PATTERN = rf"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_K8S_LABEL_NAME}$"
+K8S_LABEL_VALUE_PATTERN = rf"^({_K8S_LABEL_NAME})?$"
+# The annotation naming the CustomerSLO (`<namespace>/<name>`) that changed or owns an object.
+OWNER_ANNOTATION = f"{API_GROUP}/owner"
 # Kubernetes object names (RFC 1123 subdomain), for targets in the CustomerSLO's own namespace.
 OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 # Labels Patron sets itself on alerts; user labels may not override them.
@@ -333,23 +340,104 @@ class ScaleAction(Model):
     cooldown: Duration = "5m"
 
 
-class ThrottleAction(Model):
-    """Per-customer limits for storming customers, in envoyproxy/ratelimit's config format."""
+# An HTTP header name (RFC 9110 token), as Envoy Gateway matches it.
+HEADER_NAME_PATTERN = r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$"
+DEFAULT_THROTTLE_HEADER = "x-customer-id"
 
-    config_map: ObjectName
+
+# The throttle target's CEL rules (checked at apply time) and messages; ThrottleAction checks the same.
+_THROTTLE_RULES = (
+    (
+        "has(self.configMap) != has(self.backendTrafficPolicy)",
+        "set exactly one of actions.throttle.configMap or actions.throttle.backendTrafficPolicy",
+    ),
+    ("!has(self.configMap) || has(self.domain)", "actions.throttle.domain is required with actions.throttle.configMap"),
+    (
+        "!has(self.backendTrafficPolicy) || (!has(self.key) && !has(self.domain))",
+        "actions.throttle.key and actions.throttle.domain are for configMap only; a backendTrafficPolicy takes neither",
+    ),
+    (
+        "!has(self.configMap) || !has(self.header)",
+        "actions.throttle.header is for backendTrafficPolicy only "
+        "(with configMap, Envoy's route config maps the header to descriptorKey)",
+    ),
+)
+
+
+class PolicyRef(Model):
+    """An Envoy Gateway BackendTrafficPolicy (gateway.envoyproxy.io/v1alpha1) in the CustomerSLO's namespace."""
+
+    name: ObjectName
+
+
+class ThrottleAction(Model):
+    """Per-customer limits for storming customers, in a ratelimit ConfigMap or an Envoy Gateway BackendTrafficPolicy."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in _THROTTLE_RULES]}
+    )
+
+    config_map: ObjectName | None = Field(
+        default=None, description="The envoyproxy/ratelimit ConfigMap Patron writes one key of (never created)."
+    )
+    backend_traffic_policy: PolicyRef | None = Field(
+        default=None,
+        description="The Envoy Gateway BackendTrafficPolicy Patron adds its rules to (never created); "
+        "no other rule is touched.",
+    )
     key: str | None = Field(
         default=None,
         pattern=r"^[-._a-zA-Z0-9]+$",
         max_length=253,
-        description="ConfigMap key Patron owns (default patron-<name>.yaml); no other key is touched.",
+        description="configMap: the key Patron owns (default patron-<name>.yaml); no other key is touched.",
     )
-    domain: str = Field(min_length=1, max_length=253)
-    descriptor_key: str = Field(default="customer_id", min_length=1, max_length=253)
+    domain: str | None = Field(
+        default=None, min_length=1, max_length=253, description="configMap: the ratelimit domain (required)."
+    )
+    descriptor_key: str = Field(
+        default="customer_id", min_length=1, max_length=253, description="configMap: the descriptor key."
+    )
+    header: str | None = Field(
+        default=None,
+        pattern=HEADER_NAME_PATTERN,
+        max_length=256,
+        description="backendTrafficPolicy: the request header naming the customer "
+        f"(default {DEFAULT_THROTTLE_HEADER}).",
+    )
     headroom: float = Field(default=1.2, gt=0, le=100, description="limit = baseline rate x headroom.")
     min_requests_per_unit: int = Field(default=1, ge=1, description="No limit is ever set below this.")
     min_severity: Severity = "warning"
-    shadow: bool = Field(default=False, description="Write shadow_mode rules only (ratelimit logs, never blocks).")
+    shadow: bool = Field(
+        default=False,
+        description="Shadow rules only (shadow_mode, or a policy rule's shadowMode): counted and logged, "
+        "never enforced.",
+    )
     ttl: Duration = Field(default="30m", description="A throttle is lifted after this even if impact persists.")
+
+    @property
+    def header_name(self) -> str:
+        return self.header or DEFAULT_THROTTLE_HEADER
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ThrottleAction:
+        """The CEL rules of _THROTTLE_RULES, for a spec read without the API server."""
+        has = {
+            "configMap": self.config_map is not None,
+            "backendTrafficPolicy": self.backend_traffic_policy is not None,
+            "domain": self.domain is not None,
+            "key": self.key is not None,
+            "header": self.header is not None,
+        }
+        checks = (
+            has["configMap"] != has["backendTrafficPolicy"],
+            not has["configMap"] or has["domain"],
+            not has["backendTrafficPolicy"] or not (has["key"] or has["domain"]),
+            not has["configMap"] or not has["header"],
+        )
+        for ok, (_, message) in zip(checks, _THROTTLE_RULES, strict=True):
+            if not ok:
+                raise ValueError(message)
+        return self
 
 
 class RollbackAction(Model):
@@ -378,9 +466,14 @@ class RecordingRules(Model):
         description='Read Patron\'s recorded series (patron:*, customerslo="<ns>/<name>") for every window '
         "they cover; windows they do not cover yet are read raw and named in the Ready message.",
     )
-    labels: dict[Annotated[str, Field(pattern=LABEL_NAME_PATTERN)], Annotated[str, Field(max_length=1024)]] = Field(
+    labels: dict[
+        Annotated[str, Field(pattern=K8S_LABEL_KEY_PATTERN, max_length=317)],
+        Annotated[str, Field(pattern=K8S_LABEL_VALUE_PATTERN, max_length=63)],
+    ] = Field(
         default_factory=dict,
-        description="Labels on the PrometheusRule so that the user's Prometheus selects it.",
+        max_length=32,
+        description="Kubernetes labels on the PrometheusRule patron-<name> (with --manage-prometheus-rules, "
+        "and in `patron rules -o prometheusrule`), so that the ruleSelector of your Prometheus selects it.",
     )
     interval: Duration = Field(
         default="30s", description="How often the shortest-window rules are evaluated; longer levels run coarser."

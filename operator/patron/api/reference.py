@@ -29,6 +29,11 @@ def _type(node: dict[str, Any]) -> str:
     return str(node.get("type", "object"))
 
 
+def _code(text: str) -> str:
+    """A Markdown code span; one holding a backtick gets a double fence (CommonMark)."""
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
 def _constraints(node: dict[str, Any]) -> str:
     parts = []
     for key, word in _CONSTRAINTS:
@@ -39,7 +44,7 @@ def _constraints(node: dict[str, Any]) -> str:
             if key == "maximum" and node.get("exclusiveMaximum"):
                 word = "<"
             shown = ", ".join(map(str, value)) if isinstance(value, list) else value
-            parts.append(f"{word} `{shown}`" if key == "pattern" else f"{word} {shown}")
+            parts.append(f"{word} {_code(str(shown))}" if key == "pattern" else f"{word} {shown}")
     parts += [r["message"] for r in node.get("x-kubernetes-validations", [])]
     return "; ".join(parts)
 

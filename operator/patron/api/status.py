@@ -35,13 +35,13 @@ class ImpactedCustomer(Model):
     storming: bool = False
 
 
-TargetKind = Literal["ConfigMap", "Deployment", "HorizontalPodAutoscaler"]
+TargetKind = Literal["ConfigMap", "BackendTrafficPolicy", "Deployment", "HorizontalPodAutoscaler"]
 ActionType = Literal["Alert", "Throttle", "Scale", "Rollback"]
 ActionState = Literal["Active", "Skipped", "Reverting", "Reverted"]
 AlertName = Literal["CustomerImpact", "CustomerImpacted"]
 # The kinds each action type may name (paths are built only from a targetRef of these kinds).
 TARGET_KINDS: dict[str, tuple[str, ...]] = {
-    "Throttle": ("ConfigMap",),
+    "Throttle": ("ConfigMap", "BackendTrafficPolicy"),
     "Scale": ("Deployment", "HorizontalPodAutoscaler"),
     "Rollback": ("Deployment",),
     "Alert": (),
@@ -49,7 +49,7 @@ TARGET_KINDS: dict[str, tuple[str, ...]] = {
 _NAME = OBJECT_NAME_PATTERN.strip("^$")
 # `<Kind>/<name>` (name a DNS-1123 subdomain) or `CustomerImpact{severity="warning"}` and the like.
 TARGET_PATTERN = (
-    rf"^((ConfigMap|Deployment|HorizontalPodAutoscaler)/{_NAME}"
+    rf"^((ConfigMap|BackendTrafficPolicy|Deployment|HorizontalPodAutoscaler)/{_NAME}"
     r'|(CustomerImpact|CustomerImpacted)\{severity="(warning|critical)"\})$'
 )
 ALERT_TARGET = r'(CustomerImpact|CustomerImpacted)\{severity="(warning|critical)"\}'
@@ -84,7 +84,7 @@ class ActionRecord(Model):
     expires: str | None = None
     revision: str | None = None
     key: str | None = Field(
-        default=None, pattern=CONFIG_MAP_KEY_PATTERN, max_length=253, description="Throttle: the ConfigMap key."
+        default=None, pattern=CONFIG_MAP_KEY_PATTERN, max_length=253, description="Throttle into a ConfigMap: its key."
     )
     limit: int | None = Field(default=None, ge=1, description="Throttle: requests per second.")
     replicas: int | None = Field(default=None, ge=0, description="Scale: the value Patron holds.")

@@ -288,6 +288,13 @@ def assess(spec: CustomerSLOSpec, plan: QueryPlan, results: Mapping[str, Series]
         if rate_l >= spec.customers.min_request_rate and not any(p.search(c) for p in ignore)
     ]
     newest, ages = _ages(spec, plan, results.get(FRESHNESS, ()))
+    if total_key(l_win) in plan.recorded and not long_.rates and newest <= parse_duration(spec.impact.stale_after):
+        # The rules' markers said covered, yet the recorded series are gone: never "no customers".
+        raise DataProblem(
+            "NoData",
+            f"fresh samples exist, but Patron's recorded rate over {first.long} holds no customer: "
+            "its recording rules fail or were removed",
+        )
     age, stale = _freshness(spec, newest, ages, len(long_.rates), active, plan.bounded)
     unknown = set(stale)
     if stale:

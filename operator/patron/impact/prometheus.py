@@ -1,5 +1,6 @@
-"""The Prometheus adapter: runs a QueryPlan through prometheus-api-client in its own bounded thread
-pool (patron.pools), off the event loop.
+"""The Prometheus adapter: runs a QueryPlan over Prometheus' HTTP API (urllib3, keep-alive
+connections, nothing set up per request) in its own bounded thread pool (patron.pools), off the event
+loop.
 
 Timeouts measure Prometheus alone: the wait for a pool thread is not timed, a query is bounded by
 `timeout` (client read timeout and Prometheus' own `timeout` parameter), and a failed or timed-out
@@ -9,14 +10,16 @@ query is never retried within the evaluation (the next evaluation asks again).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
 
-from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
-from requests import RequestException
-from urllib3.util.retry import Retry
+import urllib3
+from urllib3.exceptions import HTTPError
 
 from patron import metrics
 from patron.impact.assess import DataProblem, Series
@@ -40,39 +43,48 @@ class Prometheus:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.connection = connection or Connection()
-        # Retry(0): prometheus-api-client retries 3 times by default, into an overloaded Prometheus.
-        self._client = PrometheusConnect(url=self.url, disable_ssl=False, timeout=timeout, retry=Retry(0))
-        self._client._session.verify = self.connection.verify()
+        self._http = _http(self.url, self.connection, timeout)
         self._pool = Pool("prometheus", THREADS)
         self._budget_cache: dict[str, tuple[float, Series]] = {}  # insertion order = age
 
     def query(self, promql: str, at: datetime | None = None) -> Series:
         """One instant query; a vector or scalar result as (labels, value) pairs."""
-        params = {"timeout": f"{self.timeout:g}s", **({"time": f"{at.timestamp():.3f}"} if at else {})}
-        return _parse(self._call(promql, lambda: self._client.custom_query(promql, params=params)))
+        params = {"query": promql, "timeout": f"{self.timeout:g}s", **({"time": f"{at.timestamp():.3f}"} if at else {})}
+        return _parse(self._call(promql, "query", params))
 
     def query_range(self, promql: str, start: datetime, end: datetime, step_seconds: int) -> RangeSeries:
         """One range query over [start, end]: a matrix as (labels, [(unix time, value), ...]) pairs."""
-        data = self._call(promql, lambda: self._client.custom_query_range(promql, start, end, str(step_seconds)))
+        bounds = {"start": str(round(start.timestamp())), "end": str(round(end.timestamp()))}
+        data = self._call(promql, "query_range", {"query": promql, **bounds, "step": str(step_seconds)})
         out: RangeSeries = []
         for item in data if isinstance(data, list) else []:
             out.append((dict(item.get("metric", {})), [(float(t), float(v)) for t, v in item.get("values", [])]))
         return out
 
-    def _call(self, promql: str, request: Callable[[], object]) -> object:
-        """Run one API request; errors as DataProblem, counted and timed in patron_prometheus_query_*."""
+    def _call(self, promql: str, endpoint: str, params: dict[str, str]) -> object:
+        """POST /api/v1/<endpoint> with a form body (a query naming thousands of candidates would
+        pass no proxy's URL limit as a GET): its `data.result`; errors as DataProblem, counted and
+        timed in patron_prometheus_query_*. No retry: a failed query waits for the next evaluation."""
         started = time.monotonic()
         try:
-            self._client.headers = self.connection.request_headers()  # token files are re-read: rotation
-            data = request()
-        except (RequestException, OSError, ConnectionOptionError) as err:
+            response = self._http.request(
+                "POST",
+                f"{self.url}/api/v1/{endpoint}",
+                fields=params,
+                encode_multipart=False,
+                headers=self.connection.request_headers(),
+            )
+            body: Any = json.loads(response.data) if response.status == 200 else None
+            data = body["data"]["result"] if body is not None else None
+        except (HTTPError, OSError, ConnectionOptionError, ValueError, KeyError, TypeError) as err:
             metrics.QUERIES.labels(outcome="unavailable").inc()
             raise DataProblem("PrometheusUnavailable", f"Prometheus at {self.url} did not answer: {err}") from err
-        except PrometheusApiClientException as err:
-            metrics.QUERIES.labels(outcome="error").inc()
-            raise DataProblem("QueryFailed", f"Prometheus refused {promql!r}: {err}") from err
         finally:
             metrics.QUERY_SECONDS.observe(time.monotonic() - started)
+        if response.status != 200:
+            metrics.QUERIES.labels(outcome="error").inc()
+            detail = f"HTTP {response.status} ({response.data[:500]!r})"
+            raise DataProblem("QueryFailed", f"Prometheus refused {promql!r}: {detail}")
         metrics.QUERIES.labels(outcome="ok").inc()
         return data
 
@@ -124,6 +136,24 @@ class Prometheus:
             return await self._pool.run(fn, promql, at, timeout=self.timeout + 5)
         except TimeoutError as err:
             raise DataProblem("PrometheusUnavailable", f"Prometheus at {self.url} timed out") from err
+
+
+def _http(url: str, connection: Connection, timeout: float) -> urllib3.PoolManager:
+    """Keep-alive connections to `url`, bounded by `timeout`, never retried (a retry would only add
+    load to an overloaded Prometheus); through the environment's proxy (HTTP(S)_PROXY, NO_PROXY);
+    TLS verified against --prometheus-ca-file, else the system's trust store."""
+    options: dict[str, Any] = {
+        "maxsize": THREADS,
+        "retries": False,
+        "timeout": urllib3.Timeout(connect=timeout, read=timeout),
+    }
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        options["ssl_context"] = connection.ssl_context()
+    proxy = urllib.request.getproxies_environment().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        return urllib3.ProxyManager(proxy, **options)
+    return urllib3.PoolManager(**options)
 
 
 def _parse(data: object) -> Series:

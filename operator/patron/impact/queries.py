@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from patron.api.durations import format_duration, parse_duration
 from patron.api.models import CustomerSLOSpec
-from patron.api.selectors import Selector
+from patron.api.selectors import Matcher, Selector
 
 FRESHNESS = "freshness"
 BASELINE_COVERAGE = "baseline coverage"
@@ -39,6 +39,7 @@ class QueryPlan:
     budget_only: frozenset[str] = frozenset()
     reads: Mapping[str, Read] = field(default_factory=dict)  # the rate queries, by name
     raw: tuple[str, ...] = ()  # spellings of the windows read raw although recording rules are enabled
+    recorded: frozenset[str] = frozenset()  # the reads taken from Patron's recorded series
     # Bounded: every query but the active one (total[L]) returns only candidates (customers over a
     # burn threshold or storming); FRESHNESS then returns the stale customers and the newest age.
     bounded: bool = False
@@ -83,7 +84,14 @@ def series_selectors(spec: CustomerSLOSpec) -> tuple[Selector, Selector, bool]:
     return hist.with_metric(base + "_count"), good, True
 
 
-def plan_queries(spec: CustomerSLOSpec) -> QueryPlan:
+def unfiltered(spec: CustomerSLOSpec) -> set[str]:
+    """The reads a bounded plan never filters to candidates: total[L], which decides who is active,
+    and for latency good requests over L (every active customer must have the threshold's bucket)."""
+    long_ = parse_duration(spec.first_window.long)
+    return {total_key(long_)} | ({bad_key(long_)} if series_selectors(spec)[2] else set())
+
+
+def plan_queries(spec: CustomerSLOSpec, only: Matcher | None = None) -> QueryPlan:
     """Every query one evaluation runs.
 
     - total[w], bad[w] for each window w of impact.windows and spec.window;
@@ -94,7 +102,9 @@ def plan_queries(spec: CustomerSLOSpec) -> QueryPlan:
       counter may not exist before a first error; the Ready message then says so).
 
     Every query uses the indicator's own selectors, so none reads other services' series; whether
-    the total series exist at all is answered by the freshness and total[L] results.
+    the total series exist at all is answered by the freshness and total[L] results. `only` (a
+    customer-label matcher naming the candidates) narrows every selector but those of `unfiltered`
+    and the freshness and errors-seen queries, so Prometheus reads only those customers' series.
     """
     total, bad, bad_is_good = series_selectors(spec)
     label = spec.customer_label
@@ -111,13 +121,21 @@ def plan_queries(spec: CustomerSLOSpec) -> QueryPlan:
     baseline = parse_duration(spec.impact.retry_storm.baseline)
     for offset in sorted({long_, baseline}):
         reads[total_key(long_, offset)] = Read("total", long_, offset)
+    keep = unfiltered(spec)
+
+    def narrow(selector: Selector, name: str) -> Selector:
+        return selector if only is None or name in keep else selector.with_matcher(only.label, only.op, only.value)
+
     queries = {
-        name: _rate(total if r.kind == "total" else bad, label, r.window, r.offset) + nonzero(r, bad_is_good)
+        name: _rate(narrow(total if r.kind == "total" else bad, name), label, r.window, r.offset)
+        + nonzero(r, bad_is_good)
         for name, r in reads.items()
     }
     # Customers whose series already existed when the baseline window began: for a younger series
     # rate() spreads a partial increase over the whole window and underestimates the baseline.
-    queries[BASELINE_COVERAGE] = f"group by ({label}) ({total.render()} offset {format_duration(long_ + baseline)})"
+    queries[BASELINE_COVERAGE] = (
+        f"group by ({label}) ({narrow(total, BASELINE_COVERAGE).render()} offset {format_duration(long_ + baseline)})"
+    )
     queries[FRESHNESS] = f"time() - max by ({label}) (timestamp({total.render()}))"
     if not bad_is_good:
         queries[ERRORS_SEEN] = f"group({bad.render()})"

@@ -19,26 +19,36 @@ Every recorded series keeps the customer label and carries customerslo="<ns>/<na
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from patron.api.durations import format_duration, parse_duration
 from patron.api.models import CustomerSLOSpec
 from patron.api.selectors import Matcher, Selector
-from patron.impact.assess import Series
+from patron.impact.assess import Series, by_label
 from patron.impact.queries import (
     BASELINE_COVERAGE,
     FRESHNESS,
     QueryPlan,
     Read,
-    bad_key,
     nonzero,
+    plan_queries,
     series_selectors,
-    total_key,
+    unfiltered,
 )
 
 SLO_LABEL = "customerslo"
+# Candidates named in the filtered queries at most; with more, each filtered query recomputes them
+# in PromQL instead (slower for Prometheus, the same answer). 10,000 names make a ~150 kB query.
+LISTED_CANDIDATES = 10_000
+REGEX_META = frozenset("\\.+*?()|[]{}^$")
 BLOCK_LABEL = "patron_block"
+# One series per rule group, 1 wherever the group was evaluated, labelled with a digest of the group.
+MARKER = "patron:rules:evaluated"
+DIGEST_LABEL = "patron_rules"
 BUDGET_GROUP_MAX_INTERVAL = 300  # seconds: Prometheus' default lookback; a sparser series would vanish
 
 
@@ -90,9 +100,10 @@ def kinds(spec: CustomerSLOSpec) -> tuple[str, str]:
     return "requests", "good_requests" if bad_is_good else "errors"
 
 
-def recorded(kind: str, window: int, slo: str) -> str:
-    """The selector of one recorded series of CustomerSLO `slo` ("<ns>/<name>")."""
-    return Selector(series_name(kind, window), (Matcher(SLO_LABEL, "=", slo),)).render()
+def recorded(kind: str, window: int, slo: str, only: Matcher | None = None) -> str:
+    """The selector of one recorded series of CustomerSLO `slo` ("<ns>/<name>"), of the customers
+    `only` matches when given."""
+    return Selector(series_name(kind, window), (Matcher(SLO_LABEL, "=", slo), *([only] if only else []))).render()
 
 
 def _rule(kind: str, window: int, expr: str, slo: str) -> dict[str, Any]:
@@ -140,7 +151,16 @@ def rule_groups(spec: CustomerSLOSpec, slo: str) -> list[dict[str, Any]]:
         ]
         every = span(max(interval, min(s, BUDGET_GROUP_MAX_INTERVAL)))
         groups.append({"name": f"patron:{slo}:budget", "interval": every, "rules": budget})
-    return groups
+    return [_marked(g, slo) for g in groups]
+
+
+def _marked(group: dict[str, Any], slo: str) -> dict[str, Any]:
+    """`group` with a last rule recording one series, 1, labelled with a digest of the group (its
+    rules and interval): where that series exists, these very rules were evaluated, so the coverage
+    query checks one series instead of every customer's."""
+    digest = hashlib.sha256(json.dumps([group["interval"], group["rules"]], sort_keys=True).encode()).hexdigest()
+    marker = {"record": MARKER, "expr": "vector(1)", "labels": {SLO_LABEL: slo, DIGEST_LABEL: digest[:16]}}
+    return {**group, "rules": [*group["rules"], marker]}
 
 
 def rule_file(spec: CustomerSLOSpec, namespace: str, name: str) -> dict[str, Any]:
@@ -148,15 +168,23 @@ def rule_file(spec: CustomerSLOSpec, namespace: str, name: str) -> dict[str, Any
     return {"groups": rule_groups(spec, f"{namespace}/{name}")}
 
 
-def prometheus_rule(spec: CustomerSLOSpec, namespace: str, name: str) -> dict[str, Any]:
-    """The same groups as a Prometheus Operator PrometheusRule `patron-<name>`."""
+def rule_name(name: str) -> str:
+    """The name of CustomerSLO `name`'s PrometheusRule."""
+    return f"patron-{name}"
+
+
+def prometheus_rule(
+    spec: CustomerSLOSpec, namespace: str, name: str, labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The same groups as a Prometheus Operator PrometheusRule `patron-<name>`, labelled with
+    `labels` (the operator's --prometheus-rule-label) and spec.recordingRules.labels, which win."""
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
         "metadata": {
-            "name": f"patron-{name}",
+            "name": rule_name(name),
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "patron", **spec.recording_rules.labels},
+            "labels": {"app.kubernetes.io/managed-by": "patron", **(labels or {}), **spec.recording_rules.labels},
         },
         "spec": rule_file(spec, namespace, name),
     }
@@ -180,34 +208,75 @@ def _recordable(lay: RecordedLayout, plan: QueryPlan) -> list[Read]:
 def coverage_query(spec: CustomerSLOSpec, slo: str, plan: QueryPlan) -> str:
     """One query: a series {window, offset} for each total read the recorded series cover now.
 
-    Covered: the window's own recorded series exists at the read's offset, and level 0 existed
-    `layout.depth` ago, so the level built from it was complete (not warming up).
+    Covered: the group recording the window (these rules: the marker's digest) was evaluated at the
+    read's offset, and level 0's group `layout.depth` ago, so the level built from it was complete
+    (not warming up). Each check reads one marker series, whatever the number of customers.
     """
     lay = layout(spec)
-    total = kinds(spec)[0]
+    groups = rule_groups(spec, slo)
+    fast, budget = (_marker(g, slo) for g in (groups[0], groups[-1]))
     parts = [
-        f"label_replace(label_replace(count({recorded(total, r.window, slo)}{_offset(r.offset)})"
-        f" and count({recorded(total, lay.shortest, slo)}{_offset(lay.depth(r.window, r.offset))}),"
+        f"label_replace(label_replace(count({budget if r.window == lay.budget else fast}{_offset(r.offset)})"
+        f" and count({fast}{_offset(lay.depth(r.window, r.offset))}),"
         f' "window", "{r.window}", "", ""), "offset", "{r.offset}", "", "")'
         for r in sorted({r for r in _recordable(lay, plan) if r.kind == "total"}, key=lambda r: (r.window, r.offset))
     ]
     return " or ".join(parts)
 
 
-def with_recorded(spec: CustomerSLOSpec, slo: str, plan: QueryPlan, covered: set[tuple[int, int]]) -> QueryPlan:
-    """`plan` reading the recorded series for every (window, offset) in `covered`, raw otherwise.
+def _marker(group: dict[str, Any], slo: str) -> str:
+    digest = group["rules"][-1]["labels"][DIGEST_LABEL]
+    return Selector(MARKER, (Matcher(SLO_LABEL, "=", slo), Matcher(DIGEST_LABEL, "=", digest))).render()
+
+
+def with_recorded(
+    spec: CustomerSLOSpec, slo: str, covered: set[tuple[int, int]], candidates: Series | None = None
+) -> QueryPlan:
+    """The plan reading the recorded series for every (window, offset) in `covered`, raw otherwise.
 
     The bad series of a window are read the same way as its total, so a ratio never mixes the two.
+    Once the candidate filter's own reads are covered the plan is bounded (`_bounded`): with
+    `candidates` (the result of `candidates_query`, at most LISTED_CANDIDATES customers) every
+    filtered query names them in its selectors, so Prometheus reads only their series; without
+    (or with more), each filtered query recomputes the candidates in PromQL.
     """
     _, _, bad_is_good = series_selectors(spec)
+    label = spec.customer_label
+    bounded = _candidate_reads(spec) <= covered
+    names = sorted(by_label(candidates, label)) if candidates is not None else None
+    listed = bounded and names is not None and len(names) <= LISTED_CANDIDATES
+    only = Matcher(label, "=~", "|".join(_literal(n) for n in names)) if listed and names else None
+    plan = plan_queries(spec, only)
+    keep = unfiltered(spec)
     queries = dict(plan.queries)
     recordable = {(r.window, r.offset) for r in _recordable(layout(spec), plan)}
-    for name, r in plan.reads.items():
-        if (r.window, r.offset) in covered & recordable:
-            queries[name] = f"{recorded(_kind(spec, r), r.window, slo)}{_offset(r.offset)}{nonzero(r, bad_is_good)}"
+    taken = {name for name, r in plan.reads.items() if (r.window, r.offset) in covered & recordable}
+    for name in taken:
+        r = plan.reads[name]
+        narrow = None if name in keep else only
+        queries[name] = f"{recorded(_kind(spec, r), r.window, slo, narrow)}{_offset(r.offset)}{nonzero(r, bad_is_good)}"
     raw = sorted(recordable - covered)
-    plan = replace(plan, queries=queries, raw=tuple(span(w) + _offset(o) for w, o in raw))
-    return _bounded(spec, slo, plan) if _candidate_reads(spec) <= covered else plan
+    plan = replace(plan, recorded=frozenset(taken))
+    if not bounded:
+        return replace(plan, queries=queries, raw=tuple(span(w) + _offset(o) for w, o in raw))
+    filtered = (plan.reads.keys() - keep) | {BASELINE_COVERAGE}
+    if not listed:
+        cand = _candidates(spec, slo)
+        queries = {n: f"({q}) and on ({label}) ({cand})" if n in filtered else q for n, q in queries.items()}
+    elif not names:  # no candidate: nothing to ask
+        queries = {n: q for n, q in queries.items() if n not in filtered}
+    return _bounded(spec, slo, replace(plan, queries=queries, raw=tuple(span(w) + _offset(o) for w, o in raw)))
+
+
+def candidates_query(spec: CustomerSLOSpec, slo: str) -> str:
+    """The customers over some row's burn threshold in its long window, or storming: one series each."""
+    return _candidates(spec, slo)
+
+
+def _literal(name: str) -> str:
+    """`name` as an RE2 literal: only the metacharacters escaped, so Prometheus still reads an
+    alternation of such literals as a set of values (an index lookup per name, no scan)."""
+    return "".join("\\" + ch if ch in REGEX_META else ch for ch in name)
 
 
 def _candidate_reads(spec: CustomerSLOSpec) -> set[tuple[int, int]]:
@@ -245,29 +314,24 @@ def _candidates(spec: CustomerSLOSpec, slo: str) -> str:
 
 
 def _bounded(spec: CustomerSLOSpec, slo: str, plan: QueryPlan) -> QueryPlan:
-    """Filter every per-customer query but total[L] (the active customers) to the candidates.
+    """`plan`, its filtered queries narrowed to the candidates, with the bounded FRESHNESS query: the
+    customers without a fresh sample (an age, or time() when they have none within the lookback)
+    and, unlabelled, the newest age.
 
     A candidate keeps its presence in each window (absent is unknown, present with 0 is known);
     a customer that is not a candidate is neither impacted, lost nor storming whatever its other
-    windows hold. Latency keeps good requests over L unfiltered (every customer must have the
-    threshold's bucket). FRESHNESS returns the customers without a fresh sample (an age, or
-    time() when they have none within the lookback) and, unlabelled, the newest age.
+    windows hold.
     """
     label = spec.customer_label
     long_ = parse_duration(spec.first_window.long)
-    _, _, bad_is_good = series_selectors(spec)
-    keep = {total_key(long_)} | ({bad_key(long_)} if bad_is_good else set())
-    cand = _candidates(spec, slo)
-    filtered = (plan.reads.keys() - keep) | {BASELINE_COVERAGE}
-    queries = {name: f"({q}) and on ({label}) ({cand})" if name in filtered else q for name, q in plan.queries.items()}
     total, _, _ = series_selectors(spec)
     age = f"(time() - max by ({label}) (timestamp({total.render()})))"
     active = f"group by ({label}) ({recorded(kinds(spec)[0], long_, slo)})"
-    queries[FRESHNESS] = (
+    freshness = (
         f"{age} > {parse_duration(spec.impact.stale_after)} or on ({label}) "
         f"(({active} unless on ({label}) {age}) * 0 + time()) or min({age})"
     )
-    return replace(plan, queries=queries, bounded=True)
+    return replace(plan, queries={**plan.queries, FRESHNESS: freshness}, bounded=True)
 
 
 def covered_reads(series: Series) -> set[tuple[int, int]]:
