@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
 
 from patron.api.models import CustomerSLOSpec
 from patron.impact.assess import Assessment, assess
@@ -27,8 +27,8 @@ def evaluate(
 async def evaluate_now(
     spec: CustomerSLOSpec, prometheus: Prometheus, slo: str | None = None, at: datetime | None = None
 ) -> Assessment:
-    """The operator's evaluation: now (`at` only for benchmarks of backfilled data), queries
-    concurrent, budget-window results reused for a while.
+    """The operator's evaluation: every query at one instant, now (`at` only for benchmarks of
+    backfilled data), queries concurrent, budget-window results reused for a while.
 
     With recording rules, the coverage and candidates queries go first, together (the candidates are
     used only if the coverage query says their windows are covered), then the plan they decide.
@@ -36,6 +36,7 @@ async def evaluate_now(
     `assess` runs in a worker thread: for thousands of customers it takes long enough to stall
     every other CustomerSLO on the event loop.
     """
+    at = at or datetime.now(UTC)  # one instant for every query, so the evaluation agrees with itself
     plan: QueryPlan = plan_queries(spec)
     if slo is not None and spec.recording_rules.enabled:
         coverage, candidates = await asyncio.gather(

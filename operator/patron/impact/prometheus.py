@@ -26,6 +26,7 @@ from patron.impact.assess import DataProblem, Series
 from patron.impact.connection import Connection, ConnectionOptionError
 from patron.impact.queries import BUDGET_REFRESH, QueryPlan
 from patron.pools import Pool
+from patron.text import printable
 
 DEFAULT_TIMEOUT = 10.0
 # Threads for Prometheus queries: more only queue inside Prometheus (it runs a few queries at once).
@@ -85,6 +86,11 @@ class Prometheus:
             metrics.QUERIES.labels(outcome="error").inc()
             detail = f"HTTP {response.status} ({response.data[:500]!r})"
             raise DataProblem("QueryFailed", f"Prometheus refused {promql!r}: {detail}")
+        warnings = body.get("warnings") if isinstance(body, dict) else None
+        if warnings:  # data of a store, shard or rule evaluator may be missing: never act on it
+            metrics.QUERIES.labels(outcome="partial").inc()
+            shown = "; ".join(printable(str(w)) for w in warnings[:3])
+            raise DataProblem("PartialData", f"Prometheus at {self.url} answered with warnings (partial data): {shown}")
         metrics.QUERIES.labels(outcome="ok").inc()
         return data
 
