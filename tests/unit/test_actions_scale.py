@@ -132,10 +132,7 @@ def test_a_lowered_value_is_raised_back_to_what_patron_holds() -> None:
     tl.advance(1)
     plan = world.step(tl, BAD)
     assert world.values[DEP] == 4
-    assert (
-        plan.steps[0].message
-        == "Scale Deployment/web: replicas 2 -> 4, the value Patron holds (not in place)"
-    )
+    assert plan.steps[0].message == "Scale Deployment/web: replicas 2 -> 4, the value Patron holds (not in place)"
 
 
 def test_restart_with_the_record_written_ahead_does_not_step_twice() -> None:
@@ -241,9 +238,7 @@ def test_invariants_over_any_history(start: int, history: list[tuple[str, int]],
 
 
 @given(
-    st.lists(
-        st.tuples(st.sampled_from(["none", "critical", "nodata"]), st.integers(1, 25), st.booleans()), max_size=40
-    )
+    st.lists(st.tuples(st.sampled_from(["none", "critical", "nodata"]), st.integers(1, 25), st.booleans()), max_size=40)
 )
 def test_changes_lost_to_a_crash_never_make_a_bigger_step(history: list[tuple[str, int, bool]]) -> None:
     """A process may die between the write-ahead and the change (`lost`), and the next evaluation may
