@@ -596,6 +596,15 @@ class Killer:
         self.kills: list[Kill] = []
 
     def after(self, seconds: float, phase: str) -> None:
+        """Kill `seconds` after the running process first evaluated the CustomerSLO: a random moment of
+        an operator at work. Kills in a row before any evaluation keep the operator away longer than a
+        firing alert's endsAt (4 x interval, 8 s here), and Alertmanager then rightly ends the alert."""
+        wait_for(
+            lambda: (self.w.namespace, "checkout") in self.op.evaluated(),
+            60,
+            "an evaluation by the restarted operator",
+            explain=lambda: self.op.log()[-4000:],
+        )
         time.sleep(seconds)
         self._kill("delay", phase, [])
 

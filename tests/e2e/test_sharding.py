@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,9 @@ from tests.support.wait import wait_for
 pytestmark = [pytest.mark.usefixtures("patron_crd"), pytest.mark.slow]
 
 
-def evaluated(op: OperatorProcess) -> set[tuple[str, str]]:
-    """(namespace, name) of every CustomerSLO this operator has evaluated, from its own metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    out = set()
-    for line in text.splitlines():
-        if line.startswith("patron_last_evaluation_timestamp_seconds{"):
-            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
-            out.add((labels["namespace"].strip('"'), labels["customerslo"].strip('"')))
-    return out
-
-
 def last_evaluation(op: OperatorProcess, namespace: str) -> float:
     """patron_last_evaluation_timestamp_seconds of the CustomerSLO svc in `namespace` (0 when absent)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = op.metrics()
     prefix = f'patron_last_evaluation_timestamp_seconds{{customerslo="svc",namespace="{namespace}"}} '
     return next((float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
 
@@ -71,7 +57,7 @@ def test_two_shards_with_disjoint_namespaces_never_touch_each_others_objects(
             testbed.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(body))
         for ns, op in shards.items():
             wait_for(
-                lambda op=op, ns=ns: (ns, "svc") in evaluated(op), 90, f"the shard of {ns} to evaluate its CustomerSLO"
+                lambda op=op, ns=ns: (ns, "svc") in op.evaluated(), 90, f"the shard of {ns} to evaluate its CustomerSLO"
             )
             wait_for(lambda ns=ns: ready_reason(testbed, ns) == expected[ns], 60, f"Ready {expected[ns]} in {ns}")
         # Negative check, after proof of later evaluations: each shard evaluated its own object at
@@ -83,7 +69,7 @@ def test_two_shards_with_disjoint_namespaces_never_touch_each_others_objects(
             wait_for(lambda op=op, ns=ns: evaluations(op) >= counts[ns] + 2, 60, f"more evaluations in {ns}")
             wait_for(lambda op=op, ns=ns: last_evaluation(op, ns) > times[ns], 60, f"a newer evaluation in {ns}")
         for ns, op in shards.items():
-            assert evaluated(op) == {(ns, "svc")}
+            assert op.evaluated() == {(ns, "svc")}
             log = op.log()
             stranger = next(o for o in shards if o != ns)
             assert f"[{stranger}/" not in log, log[-3000:]
@@ -100,8 +86,8 @@ def test_two_shards_with_disjoint_namespaces_never_touch_each_others_objects(
             assert meta["finalizers"] == ["patron.dev/finalizer"]
         # Deleting one shard's object is handled by that shard alone.
         testbed.kubectl("delete", "cslo", "svc", "-n", other, "--wait=true", "--timeout=60s")
-        assert (namespace, "svc") in evaluated(shards[namespace])
-        assert "svc" not in {n for _, n in evaluated(shards[other])}
+        assert (namespace, "svc") in shards[namespace].evaluated()
+        assert "svc" not in {n for _, n in shards[other].evaluated()}
         testbed.kubectl("delete", "cslo", "svc", "-n", namespace, "--wait=true", "--timeout=60s")
         # Each deletion ran the delete handler once (Kopf logs one line per run): issue 10 measured
         # 1.5-1.95 runs per object with the earlier per-object timer.

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +47,20 @@ class OperatorProcess:
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"patron run did not become healthy:\n{self.log()[-4000:]}") from None
+
+    def metrics(self) -> str:
+        """The process's own /metrics page."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
+    def evaluated(self) -> set[tuple[str, str]]:
+        """(namespace, name) of every CustomerSLO this process has evaluated, from its own metrics."""
+        out = set()
+        for line in self.metrics().splitlines():
+            if line.startswith("patron_last_evaluation_timestamp_seconds{"):
+                labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
+                out.add((labels["namespace"].strip('"'), labels["customerslo"].strip('"')))
+        return out
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -84,8 +84,11 @@ class ObjectWatch:
                     self._add(None if event["type"] == "DELETED" else raw)
                     if self.stopping.is_set():
                         break
-            except (ApiException, HTTPError, OSError):
-                version = None
+            except (ApiException, HTTPError, OSError) as err:
+                # Resumed from the last version seen (a re-list would skip the versions between), unless
+                # that version is gone.
+                if isinstance(err, ApiException) and err.status == 410:
+                    version = None
                 time.sleep(0.2)
 
     def _add(self, obj: dict[str, Any] | None) -> None:

@@ -132,10 +132,7 @@ def test_a_lowered_value_is_raised_back_to_what_patron_holds() -> None:
     tl.advance(1)
     plan = world.step(tl, BAD)
     assert world.values[DEP] == 4
-    assert (
-        plan.steps[0].message
-        == "Scale Deployment/web: replicas 2 -> 4, the value Patron holds (lowered by someone else)"
-    )
+    assert plan.steps[0].message == "Scale Deployment/web: replicas 2 -> 4, the value Patron holds (not in place)"
 
 
 def test_restart_with_the_record_written_ahead_does_not_step_twice() -> None:
@@ -147,6 +144,26 @@ def test_restart_with_the_record_written_ahead_does_not_step_twice() -> None:
     world.step(tl, BAD)
     assert world.values[DEP] == 4  # set to the recorded value, not 4 + 2
     assert tl.records[0].original_replicas == 2
+
+
+def test_a_restart_after_the_cooldown_sets_the_value_written_ahead_before_the_next_step() -> None:
+    """Regression (SIGKILL e2e, seed 1980082711): the record 6 was written ahead, the process died
+    before the change, and the next evaluation came only after the cooldown: it stepped from the
+    record's 6 to 8 while the Deployment was at 4 (two steps in one write)."""
+    tl, world = Timeline(make_spec({"scale": SCALE})), World(2)
+    world.step(tl, BAD)
+    tl.advance(10)
+    world.step(tl, BAD)
+    assert (world.values[DEP], tl.records[0].replicas) == (6, 6)
+    tl.advance(10)
+    sit = tl.situation(BAD)
+    tl.records = merge(sit, scale.plan(sit, world.observed()).steps)  # written ahead; the change is lost
+    assert (world.values[DEP], tl.records[0].replicas) == (6, 7)
+    tl.advance(15)  # no evaluation for longer than the cooldown
+    plan = world.step(tl, BAD)
+    assert world.values[DEP] == 7  # the value written ahead, not one step more
+    assert plan.steps[0].message == "Scale Deployment/web: replicas 6 -> 7, the value Patron holds (not in place)"
+    assert tl.records[0].since == "2026-11-26T10:00:20Z"  # the step's time: the cooldown counts from it
 
 
 def test_below_min_severity_nothing_and_missing_data_holds() -> None:
@@ -218,6 +235,30 @@ def test_invariants_over_any_history(start: int, history: list[tuple[str, int]],
     sit = tl.situation(None, releasing=True)
     world.apply(scale.plan(sit, world.observed()).effects)
     assert world.values[target] == original
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["none", "critical", "nodata"]), st.integers(1, 25), st.booleans()), max_size=40)
+)
+def test_changes_lost_to_a_crash_never_make_a_bigger_step(history: list[tuple[str, int, bool]]) -> None:
+    """A process may die between the write-ahead and the change (`lost`), and the next evaluation may
+    come any time later: every write raises by at most `step`, recorded steps stay a cooldown apart."""
+    tl, world = Timeline(make_spec({"scale": SCALE})), World(2)
+    raised_at = None
+    for severity, dt, lost in history:
+        tl.advance(dt)
+        a = None if severity == "nodata" else assessment(severity, customer("acme", severity != "none"))
+        before, held = world.values[DEP], next((r.replicas for r in tl.records if r.state == "Active"), None)
+        sit = tl.situation(a)
+        plan = scale.plan(sit, world.observed())
+        tl.records = merge(sit, plan.steps if lost else complete(sit, plan.steps))
+        if not lost:
+            world.apply(plan.effects)
+        assert world.values[DEP] - before <= SCALE["step"]
+        now_held = next((r.replicas for r in tl.records if r.state == "Active"), None)
+        if now_held is not None and now_held > (held or 0):
+            assert raised_at is None or (tl.now - raised_at).total_seconds() >= 10
+            raised_at = tl.now
 
 
 def test_a_cooldown_skip_after_a_revert_keeps_waiting() -> None:

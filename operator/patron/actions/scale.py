@@ -178,6 +178,12 @@ def _raise(sit: Situation, spec: ScaleAction, target: str, obj: Scalable | None)
         message = f"Scale {target}: {obj.unit} {held} -> {ceiling}, the bound is now {bound} (original {original})"
         change = (SetValue(ref, ceiling, sit.owner),) if obj.value <= held else ()
         return apply(sit, record, message), change
+    if active is not None and held is not None and obj.value < held:
+        # The value held is not in place (lowered by someone else, or written ahead by a process
+        # that died before the change): set it back first; a step from a value not in place would
+        # be two steps at once. The next step follows the cooldown as usual.
+        message = f"Scale {target}: {obj.unit} {obj.value} -> {held}, the value Patron holds (not in place)"
+        return apply(sit, active, message), (SetValue(ref, held, sit.owner),)
     changed = at(before.since) if before is not None and before.state in ("Active", "Reverted") else None
     ready = changed + timedelta(seconds=parse_duration(spec.cooldown)) if changed else None
     if before is not None and before.state == "Skipped" and before.expires:
@@ -203,9 +209,6 @@ def _raise(sit: Situation, spec: ScaleAction, target: str, obj: Scalable | None)
             sit, waiting, f"not raised: {obj.unit} {obj.value}, {note}", f"Scale {target}: not raised: {note}"
         ), ()
     assert held is not None
-    if obj.value < held:
-        message = f"Scale {target}: {obj.unit} {obj.value} -> {held}, the value Patron holds (lowered by someone else)"
-        return apply(sit, active, message), (SetValue(ref, held, sit.owner),)
     return skip(sit, active, detail(held, target, original, note), f"Scale {target}: no further step, {note}"), ()
 
 
