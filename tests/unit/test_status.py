@@ -110,17 +110,20 @@ def test_failure_events_only_when_the_reason_changes() -> None:
     assert failed(partial.status, DataProblem("PartialData", "4 of 10"), 1, T0 + timedelta(seconds=120)).events == ()
 
 
+LAG_NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+READY_EVALUATED = {
+    "type": "Ready",
+    "status": "True",
+    "reason": "Evaluated",
+    "message": "evaluated 50 active customers",
+    "lastTransitionTime": "2026-12-02T11:00:00Z",
+}
+
+
 def test_lagging_keeps_ready_true_with_reason_lagging_past_the_threshold() -> None:
     from patron.reconcile import LAG_FLOOR, Outcome, lag_threshold, lagging
 
-    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
-    ready = {
-        "type": "Ready",
-        "status": "True",
-        "reason": "Evaluated",
-        "message": "evaluated 50 active customers",
-        "lastTransitionTime": "2026-12-02T11:00:00Z",
-    }
+    now, ready = LAG_NOW, READY_EVALUATED
     outcome = Outcome({"conditions": [ready]})
     assert lag_threshold(10.0) == LAG_FLOOR and lag_threshold(120.0) == 120.0
     evaluated = outcome.status
@@ -141,14 +144,7 @@ def test_lagging_has_hysteresis_so_a_lag_near_the_threshold_does_not_flip_the_re
     doubled the status writes (3.84/s in the fleet benchmark)."""
     from patron.reconcile import Outcome, lagging
 
-    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
-    ready = {
-        "type": "Ready",
-        "status": "True",
-        "reason": "Evaluated",
-        "message": "evaluated 50 active customers",
-        "lastTransitionTime": "2026-12-02T11:00:00Z",
-    }
+    now, ready = LAG_NOW, READY_EVALUATED
     outcome = Outcome({"conditions": [ready]})
     was_lagging = {"conditions": [{**ready, "reason": "Lagging"}]}
 
