@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.promserver import free_port, wait_http
+from tests.support.promserver import free_port, start_logged
 
 
 @dataclass
@@ -40,13 +40,8 @@ class OperatorProcess:
             *self.extra_args,
         ]  # fmt: skip
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env}
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            wait_http(f"http://127.0.0.1:{self.health_port}/healthz", timeout=60)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"patron run did not become healthy:\n{self.log()[-4000:]}") from None
+        health = f"http://127.0.0.1:{self.health_port}/healthz"
+        self.process = start_logged(cmd, self.log_path, health, "patron run", env)
 
     def metrics(self) -> str:
         """The process's own /metrics page."""

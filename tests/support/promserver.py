@@ -53,6 +53,21 @@ def terminate(process: subprocess.Popen[bytes] | None, timeout: float = 15) -> N
             process.wait()
 
 
+def start_logged(
+    cmd: list[str], log_path: Path, ready_url: str, what: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `cmd` with its stdout and stderr appended to `log_path`, then wait until `ready_url`
+    answers; when it does not within 60 s, stop the process and raise with the log's tail."""
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_http(ready_url, timeout=60)
+    except TimeoutError:
+        terminate(process)
+        raise RuntimeError(f"{what} did not become ready:\n{log_path.read_text(errors='replace')[-4000:]}") from None
+    return process
+
+
 @dataclass
 class PrometheusServer:
     """`promtool tsdb create-blocks-from openmetrics`, then a Prometheus on that data dir."""

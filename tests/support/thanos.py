@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.promserver import free_port, terminate, wait_http
+from tests.support.promserver import free_port, start_logged, terminate
 
 
 @dataclass
@@ -37,23 +37,14 @@ class ThanosComponent:
         return self.workdir / f"{self.component}.log"
 
     def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [
-                str(self.binary),
-                self.component,
-                f"--http-address=127.0.0.1:{self.http_port}",
-                f"--grpc-address={self.grpc_address}",
-                *self.args,
-            ],
-            stdout=log,
-            stderr=log,
-        )
-        try:
-            wait_http(f"{self.url}/-/ready", timeout=60)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"thanos {self.component} did not become ready:\n{self.log()[-4000:]}") from None
+        cmd = [
+            str(self.binary),
+            self.component,
+            f"--http-address=127.0.0.1:{self.http_port}",
+            f"--grpc-address={self.grpc_address}",
+            *self.args,
+        ]
+        self.process = start_logged(cmd, self.log_path, f"{self.url}/-/ready", f"thanos {self.component}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
